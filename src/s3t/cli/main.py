@@ -1,0 +1,39 @@
+"""The `s3t` command: a table of typed library calls. Heavy imports happen inside the
+commands, so `s3t --help` and the pure commands stay fast."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from s3t.cli import simulation
+from s3t.cli.output import err_console
+from s3t.errors import S3TError
+
+app = typer.Typer(
+    name="s3t",
+    help="Exact machine unlearning for fine-tuned transformers (S3T).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(simulation.simulate)
+app.command()(simulation.sequences)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning s3t errors into a one-line message."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=os.environ.get("S3T_LOG", "WARNING").upper())
+    try:
+        app()
+    except S3TError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""How the CLI talks: JSON for machines, rich tables and progress bars for people, and one
+way to turn an :class:`~s3t.errors.S3TError` into a message and an exit status."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Write ``data`` as JSON on stdout (NaN becomes null)."""
+    typer.echo(json.dumps(_clean(data), indent=2, sort_keys=False))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print a readable table."""
+    out = Table(title=title, title_justify="left")
+    for col in columns:
+        out.add_column(col)
+    for row in rows:
+        out.add_row(*(fmt(v) for v in row))
+    console.print(out)
+
+
+def fmt(value: Any) -> str:
+    """Format one table cell."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def parse_ints(text: str, name: str) -> list[int]:
+    """Parse ``"1,2,3"`` into ints, failing with a message that names the option."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"{name} needs at least one value, got {text!r}")
+    return values
+
+
+def parse_floats(text: str | None, name: str) -> list[float] | None:
+    """Parse ``"0.1,0.2"`` into floats (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} takes comma-separated numbers, got {text!r}") from None
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """Yield a progress callback ``update(task, done, total, **fields)`` drawn as rich bars
+    (one bar per task name) on stderr; a no-op when disabled (e.g. with ``--json``)."""
+    if not enabled:
+        yield lambda *args, **kwargs: None
+        return
+    bars = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(task: str, done: int, total: int, info: str = "") -> None:
+        if task not in tasks:
+            tasks[task] = bars.add_task(task, total=total, info=info)
+        bars.update(tasks[task], completed=done, total=total, info=info)
+
+    with bars:
+        yield update

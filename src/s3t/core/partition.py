@@ -1,0 +1,261 @@
+"""Partitioning: every sample id goes to exactly one (shard, slice).
+
+The layout is a pure function of the ids, a seed, and optionally labels and deletion-risk
+scores; the order in which ids arrive never matters, because samples are ranked by a
+keyed hash of their id. Shards are dealt round-robin over that ranking (so shard sizes
+differ by at most one, and with labels every class is spread evenly over shards); slices
+are dealt the same way within each shard. With risk scores, each shard's samples are cut
+into contiguous runs of increasing risk instead, so risky samples share slices (SISA's
+distribution-aware sharding) and every slice gets a deletion prior that sequence selection
+can use to put risky slices late.
+
+A layout never moves a sample once placed: :meth:`Layout.add` puts new samples into the
+smallest shard and slice, :meth:`Layout.remove` only takes samples out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from s3t.errors import PartitionError, UnknownSampleError
+
+SampleId = str
+
+
+def sample_id(value: object) -> SampleId:
+    """Return the canonical string form of a user's sample id (``str`` or ``int``).
+
+    Ints become their decimal string, so ``7`` and ``"7"`` name the same sample.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, np.integer)):
+        raise PartitionError(
+            f"sample ids must be str or int, got {value!r} of type {type(value).__name__}"
+        )
+    text = str(int(value)) if isinstance(value, (int, np.integer)) else value
+    if text == "":
+        raise PartitionError("sample ids must not be empty strings")
+    return text
+
+
+def _rank_key(seed: int, sid: SampleId) -> int:
+    digest = hashlib.blake2b(f"{seed}\x1f{sid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every sample lives, and each slice's deletion prior.
+
+    ``assignment`` maps sample id → (shard, slice). ``risk`` holds the per-sample deletion
+    risk scores when they were given (empty otherwise).
+    """
+
+    shards: int
+    slices: int
+    seed: int
+    assignment: Mapping[SampleId, tuple[int, int]]
+    risk: Mapping[SampleId, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "assignment", MappingProxyType(dict(self.assignment)))
+        object.__setattr__(self, "risk", MappingProxyType(dict(self.risk)))
+
+    def __len__(self) -> int:
+        return len(self.assignment)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self.assignment
+
+    def locate(self, sid: object) -> tuple[int, int]:
+        """Return (shard, slice) of one sample; :class:`UnknownSampleError` if absent."""
+        key = sample_id(sid)
+        if key not in self.assignment:
+            raise UnknownSampleError([key])
+        return self.assignment[key]
+
+    def members(self, shard: int, slice_: int | None = None) -> list[SampleId]:
+        """Return the sorted ids of one shard, or of one slice of it."""
+        return sorted(
+            sid
+            for sid, (k, s) in self.assignment.items()
+            if k == shard and (slice_ is None or s == slice_)
+        )
+
+    def slice_sizes(self) -> np.ndarray:
+        """Return an (shards, slices) array of sample counts."""
+        sizes = np.zeros((self.shards, self.slices), dtype=np.int64)
+        for k, s in self.assignment.values():
+            sizes[k, s] += 1
+        return sizes
+
+    def shard_sizes(self) -> np.ndarray:
+        """Return the number of samples in every shard."""
+        return np.asarray(self.slice_sizes().sum(axis=1))
+
+    def priors(self) -> np.ndarray:
+        """Return an (shards, slices) array: the probability that a deletion request aimed at
+        a shard hits each of its slices. Proportional to the summed risk scores when given,
+        to slice sizes otherwise (a uniform per-sample prior); every row sums to 1."""
+        sizes = self.slice_sizes().astype(np.float64)
+        weights = np.zeros_like(sizes)
+        if self.risk:
+            for sid, (k, s) in self.assignment.items():
+                weights[k, s] += self.risk.get(sid, 0.0)
+        out = np.empty_like(sizes)
+        for k in range(self.shards):
+            row = weights[k] if weights[k].sum() > 0 else sizes[k]
+            total = row.sum()
+            out[k] = row / total if total > 0 else np.full(self.slices, 1.0 / self.slices)
+        return out
+
+    def add(
+        self,
+        ids: Iterable[object],
+        labels: Sequence[Hashable] | None = None,
+        risk: Sequence[float] | None = None,
+    ) -> Layout:
+        """Return a layout with new samples placed, each into the currently smallest shard
+        (lowest index on ties) and its smallest slice; no existing sample moves."""
+        new = _validated_ids(ids)
+        clash = sorted(set(new) & set(self.assignment))
+        if clash:
+            raise PartitionError(f"sample ids already in the layout: {clash[:10]!r}")
+        scores = _validated_risk(risk, len(new))
+        if labels is not None and len(labels) != len(new):
+            raise PartitionError(f"got {len(labels)} labels for {len(new)} ids")
+        sizes = self.slice_sizes()
+        assignment = dict(self.assignment)
+        for sid in sorted(new, key=lambda x: _rank_key(self.seed, x)):
+            k = int(np.argmin(sizes.sum(axis=1)))
+            s = int(np.argmin(sizes[k]))
+            assignment[sid] = (k, s)
+            sizes[k, s] += 1
+        new_risk = dict(self.risk)
+        if scores is not None:
+            new_risk.update(zip(new, scores.tolist(), strict=True))
+        return Layout(self.shards, self.slices, self.seed, assignment, new_risk)
+
+    def remove(self, ids: Iterable[object]) -> Layout:
+        """Return a layout without the given samples; every other sample stays put."""
+        gone = {sample_id(i) for i in ids}
+        unknown = gone - set(self.assignment)
+        if unknown:
+            raise UnknownSampleError(unknown)
+        assignment = {k: v for k, v in self.assignment.items() if k not in gone}
+        risk = {k: v for k, v in self.risk.items() if k not in gone}
+        return Layout(self.shards, self.slices, self.seed, assignment, risk)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready form of the layout."""
+        return {
+            "shards": self.shards,
+            "slices": self.slices,
+            "seed": self.seed,
+            "assignment": {k: list(v) for k, v in sorted(self.assignment.items())},
+            "risk": dict(sorted(self.risk.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Layout:
+        """Rebuild a layout written by :meth:`to_dict`."""
+        return cls(
+            shards=int(data["shards"]),
+            slices=int(data["slices"]),
+            seed=int(data["seed"]),
+            assignment={k: (int(v[0]), int(v[1])) for k, v in data["assignment"].items()},
+            risk={k: float(v) for k, v in data.get("risk", {}).items()},
+        )
+
+
+def partition(
+    ids: Iterable[object],
+    shards: int,
+    slices: int,
+    seed: int = 0,
+    labels: Sequence[Hashable] | None = None,
+    risk: Sequence[float] | None = None,
+) -> Layout:
+    """Assign every id to one (shard, slice).
+
+    ``labels`` (one per id) stratify by class; ``risk`` (one non-negative score per id)
+    groups high-risk samples into the same slices. Raises :class:`PartitionError` for
+    duplicate ids, counts below 1, or fewer samples in a shard than slices.
+    """
+    if not isinstance(shards, int) or shards < 1:
+        raise PartitionError(f"shards must be an integer >= 1, got {shards!r}")
+    if not isinstance(slices, int) or slices < 1:
+        raise PartitionError(f"slices must be an integer >= 1, got {slices!r}")
+    keys = _validated_ids(ids)
+    if labels is not None and len(labels) != len(keys):
+        raise PartitionError(f"got {len(labels)} labels for {len(keys)} ids")
+    scores = _validated_risk(risk, len(keys))
+    smallest = len(keys) // shards
+    if smallest < slices:
+        raise PartitionError(
+            f"{len(keys)} samples over {shards} shards leaves {smallest} samples in the "
+            f"smallest shard, fewer than the {slices} slices requested; use fewer shards or "
+            "slices, or more data"
+        )
+    label_of = {k: str(lab) for k, lab in zip(keys, labels, strict=True)} if labels else {}
+    risk_of = dict(zip(keys, scores.tolist(), strict=True)) if scores is not None else {}
+
+    def order(group: Iterable[SampleId], by_risk: bool) -> list[SampleId]:
+        return sorted(
+            group,
+            key=lambda k: (
+                label_of.get(k, ""),
+                -risk_of.get(k, 0.0) if by_risk else 0.0,
+                _rank_key(seed, k),
+            ),
+        )
+
+    assignment: dict[SampleId, tuple[int, int]] = {}
+    shard_members: list[list[SampleId]] = [[] for _ in range(shards)]
+    for position, sid in enumerate(order(keys, by_risk=bool(risk_of))):
+        shard_members[position % shards].append(sid)
+    for k, members in enumerate(shard_members):
+        if risk_of:
+            # Contiguous runs of increasing risk: slice 0 is the safest, slice L-1 the riskiest.
+            ranked = sorted(members, key=lambda x: (risk_of[x], _rank_key(seed, x)))
+            bounds = np.linspace(0, len(ranked), slices + 1)
+            cut = [math.floor(b + 0.5) for b in bounds]
+            for s in range(slices):
+                for sid in ranked[cut[s] : cut[s + 1]]:
+                    assignment[sid] = (k, s)
+        else:
+            for position, sid in enumerate(order(members, by_risk=False)):
+                assignment[sid] = (k, position % slices)
+    return Layout(shards, slices, seed, assignment, risk_of)
+
+
+def _validated_ids(ids: Iterable[object]) -> list[SampleId]:
+    keys = [sample_id(i) for i in ids]
+    if not keys:
+        raise PartitionError("no sample ids given")
+    if len(set(keys)) != len(keys):
+        dupes = sorted(k for k, count in Counter(keys).items() if count > 1)
+        raise PartitionError(f"duplicate sample ids: {dupes[:10]!r} ({len(dupes)} in all)")
+    return keys
+
+
+def _validated_risk(risk: Sequence[float] | None, n: int) -> np.ndarray | None:
+    if risk is None:
+        return None
+    scores = np.asarray(risk, dtype=np.float64)
+    if scores.shape != (n,):
+        raise PartitionError(f"risk must hold one score per id ({n}), got shape {scores.shape}")
+    bad = np.flatnonzero(~np.isfinite(scores) | (scores < 0))
+    if bad.size:
+        raise PartitionError(
+            "risk scores must be finite and >= 0; bad values at positions "
+            f"{bad[:10].tolist()}: {scores[bad[:10]].tolist()!r}"
+        )
+    return scores

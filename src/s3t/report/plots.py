@@ -1,0 +1,96 @@
+"""Figures (PNG via matplotlib's Agg backend). Each function draws one figure from plain
+arrays and returns the path written; nothing here knows how the numbers were produced."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_simulation(
+    path: str | Path,
+    budgets: Sequence[int],
+    delta_mean: Sequence[float],
+    delta_ci95: Sequence[float],
+    delta_theory: Sequence[float | None],
+    depth_curves: Mapping[int, np.ndarray],
+    sisa_delta: float,
+    title: str,
+) -> Path:
+    """Two panels: δ against budget (simulated ± 95% CI, closed form, SISA), and mean served
+    depth per shard against the number of deletions, one line per budget."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.errorbar(budgets, delta_mean, yerr=delta_ci95, fmt="o-", capsize=3, label="simulated")
+    theory = [(b, t) for b, t in zip(budgets, delta_theory, strict=True) if t is not None]
+    if theory:
+        left.plot(*zip(*theory, strict=True), "k--", label="theory m·L·H(m·min(B,L))")
+    left.axhline(sisa_delta, color="grey", ls=":", label="SISA (B = 1)")
+    left.set(xlabel="budget B (sequences per shard)", ylabel="deletions before failure δ")
+    left.set_xticks(list(budgets))
+    left.legend()
+    for budget, curve in depth_curves.items():
+        right.plot(np.arange(len(curve)), curve, label=f"B = {budget}")
+    right.set(xlabel="deletion requests served", ylabel="mean served depth per shard")
+    right.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_lines(
+    path: str | Path,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    markers: bool = True,
+    logy: bool = False,
+) -> Path:
+    """One panel of labelled (x, y) lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, "o-" if markers else "-", label=label, markersize=4)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_bars(
+    path: str | Path,
+    labels: Sequence[str],
+    values: Sequence[float],
+    ylabel: str,
+    title: str,
+) -> Path:
+    """One panel of labelled bars, each annotated with its value."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(labels) + 2), 4.2))
+    bars = ax.bar(range(len(labels)), values, color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.bar_label(bars, fmt="%.3g")
+    ax.set(ylabel=ylabel, title=title)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out
