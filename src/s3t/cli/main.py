@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from s3t.cli import simulation
+from s3t.cli import simulation, system, train
 from s3t.cli.output import err_console
 from s3t.errors import S3TError
 
@@ -22,6 +22,18 @@ app = typer.Typer(
 )
 app.command()(simulation.simulate)
 app.command()(simulation.sequences)
+app.command()(train.train)
+for command in (
+    system.forget,
+    system.predict,
+    system.status,
+    system.verify,
+    system.retrain,
+    system.export,
+    system.audit,
+    system.samples,
+):
+    app.command()(command)
 
 
 def main() -> None:

@@ -320,3 +320,21 @@ def budget_sweep(
             )
         )
     return Sweep(shards, slices, trials, rows, sisa, retrain)
+
+
+def expected_requests_to_cover(probabilities: Sequence[float]) -> float:
+    """Expected number of i.i.d. requests until every listed cell has been hit at least
+    once, when each request hits cell c with probability p_c (cells not listed absorb the
+    rest): ∫₀^∞ 1 − Π_c (1 − e^{−p_c t}) dt (Poissonisation). 0 for no cells."""
+    from scipy.integrate import quad
+
+    p = np.asarray([q for q in probabilities if q > 0], dtype=np.float64)
+    if len(p) == 0:
+        return 0.0 if len(probabilities) == 0 else float("inf")
+
+    def survival(t: float) -> float:
+        return float(1.0 - np.prod(-np.expm1(-p * t)))
+
+    upper = float(np.log(len(p) * 1e12) / p.min())
+    value, _ = quad(survival, 0.0, upper, limit=500)
+    return float(value)

@@ -136,7 +136,9 @@ class Examples:
         body = self.record(row)
         body.pop("id")
         if self.image is not None:
-            body["image"] = hashlib.sha256(np.ascontiguousarray(self.image[row]).tobytes()).hexdigest()
+            body["image"] = hashlib.sha256(
+                np.ascontiguousarray(self.image[row]).tobytes()
+            ).hexdigest()
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,0 +1,274 @@
+"""Commands on a trained workspace: forget, predict, status, verify, retrain, export,
+audit, samples. Each takes --workspace and --json."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from s3t.cli.output import console, print_json, progress_bar, table
+from s3t.errors import InvalidRequestError
+
+WS = typer.Option(..., "--workspace", "-w", help="Workspace folder.")
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _open(workspace: Path) -> Any:
+    from s3t.system.api import S3T
+
+    return S3T.open(workspace)
+
+
+def _read_lines(file: Path | None) -> list[str]:
+    if file is None:
+        return []
+    try:
+        return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read {file}: {exc}") from None
+
+
+def forget(
+    ids: list[str] = typer.Argument(None, help="Sample ids to forget."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="File with one sample id per line."
+    ),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Forget samples now: exact, durable; truncates the sequences that saw them."""
+    wanted = list(ids or []) + _read_lines(file)
+    if not wanted:
+        raise InvalidRequestError(
+            "give sample ids to forget (arguments or --file); nothing was changed"
+        )
+    system = _open(workspace)
+    began = time.perf_counter()
+    receipt = system.forget(wanted)
+    elapsed_ms = (time.perf_counter() - began) * 1000
+    if as_json:
+        print_json(receipt.to_dict() | {"milliseconds": round(elapsed_ms, 3)})
+        return
+    console.print(
+        f"request {receipt.request_id}: forgot {len(receipt.deleted)} sample(s)"
+        + (f", {len(receipt.already_deleted)} already forgotten" if receipt.already_deleted else "")
+        + f" in {elapsed_ms:.1f} ms"
+    )
+    if receipt.truncated:
+        table(
+            "sequences truncated",
+            ["shard", "sequence", "depth before", "depth after", "stages switched off"],
+            [
+                (t.shard, t.seq, t.depth_before, t.depth_after, len(t.deactivated))
+                for t in receipt.truncated
+            ],
+        )
+    state = (
+        "FAILED (no shard serves)"
+        if receipt.failed
+        else "degraded"
+        if receipt.degraded
+        else "full depth"
+    )
+    console.print(f"served depth per shard: {receipt.served_depth_after} — {state}")
+
+
+def predict(
+    texts: list[str] = typer.Argument(None, help="Texts to classify."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="File with one text per line."),
+    aggregate: str = typer.Option("mean-logits", help="mean-logits, mean-probs or vote."),
+    max_new_tokens: int = typer.Option(32, help="For language models: tokens to generate."),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Predict with the served models (or generate, for a language-model workspace)."""
+    inputs = list(texts or []) + _read_lines(file)
+    if not inputs:
+        raise InvalidRequestError("give texts to predict (arguments or --file)")
+    system = _open(workspace)
+    if system.workspace.task == "instruction":
+        outputs = system.generate(inputs, max_new_tokens)
+        if as_json:
+            print_json({"outputs": outputs, "served": [vars(s) for s in system.served()]})
+        else:
+            table("generations", ["prompt", "response"], list(zip(inputs, outputs, strict=True)))
+        return
+    result = system.predict(inputs, aggregate)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    table(
+        "predictions",
+        ["input", "label", "score"],
+        [
+            (text[:60], label, max(scores))
+            for text, label, scores in zip(inputs, result.labels, result.scores, strict=True)
+        ],
+    )
+    console.print(
+        "served by "
+        + ", ".join(f"shard {s.shard} seq {s.seq} depth {s.depth}" for s in result.served)
+    )
+
+
+def status(workspace: Path = WS, as_json: bool = JSON) -> None:
+    """Per-shard depths, live shards, deletions so far, deletions left before failure."""
+    state = _open(workspace).status()
+    if as_json:
+        print_json(state.to_dict())
+        return
+    table(
+        f"{len(state.shards)} shard(s), L={state.slices}, B={state.budget}",
+        ["shard", "served depth", "serving seq", "sequence depths", "live samples", "deleted"],
+        [
+            (
+                s.shard,
+                s.served_depth,
+                s.serving_sequence,
+                " ".join(map(str, s.depths)),
+                s.live_samples,
+                s.deleted_samples,
+            )
+            for s in state.shards
+        ],
+    )
+    console.print(
+        f"live shards {state.live_shards}/{len(state.shards)} · deletion requests {state.deletion_requests} "
+        f"· samples deleted {state.deleted_samples} · sequences below full depth "
+        f"{state.sequences_below_full_depth} · expected further deletions before failure "
+        f"(no retraining) {state.estimated_deletions_left:.1f}"
+    )
+
+
+def verify(workspace: Path = WS, as_json: bool = JSON) -> None:
+    """Recompute exactness from the registry and files; exit 1 on any violation."""
+    report = _open(workspace).verify()
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for key, value in report.checked.items():
+            console.print(f"checked {key.replace('_', ' ')}: {value}")
+        for v in report.violations:
+            console.print(f"[red]VIOLATION[/] {v.check}: {v.detail}", highlight=False)
+        console.print(
+            "[green]verified: no violations[/]"
+            if report.ok
+            else f"[red]{len(report.violations)} violation(s)[/]"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def retrain(
+    shard: list[int] = typer.Option(None, "--shard", help="Only these shards (repeatable)."),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Retrain every truncated sequence back to full depth (deleted samples excluded)."""
+    from s3t.cli.train import stage_progress
+
+    system = _open(workspace)
+    with progress_bar(enabled=not as_json) as update:
+        outcomes = system.retrain(shard or None, on_event=stage_progress(update))
+    rows = [
+        {
+            "shard": o.key.shard,
+            "slices": list(o.key.prefix),
+            "stage": o.key.stage,
+            "status": o.status,
+            "artifact": o.artifact,
+            "samples": o.samples,
+            "seconds": round(o.seconds, 3),
+        }
+        for o in outcomes
+    ]
+    if as_json:
+        print_json({"stages": rows, "status": system.status().to_dict()})
+        return
+    if not rows:
+        console.print("nothing to retrain: every sequence is at full depth")
+        return
+    table(
+        "retrained stages",
+        ["shard", "slices", "status", "samples", "seconds"],
+        [
+            (r["shard"], ">".join(map(str, r["slices"])), r["status"], r["samples"], r["seconds"])
+            for r in rows
+        ],
+    )
+
+
+def export(
+    shard: int = typer.Option(..., "--shard", help="Shard whose served model to export."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (PEFT adapter + head)."),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Export a shard's served model as a PEFT adapter folder (PeftModel.from_pretrained)."""
+    path = _open(workspace).export(shard, out)
+    info = json.loads((path / "s3t_export.json").read_text())
+    if as_json:
+        print_json(
+            {
+                "path": str(path),
+                "shard": info["shard"],
+                "sequence": info["sequence"],
+                "depth": info["depth"],
+            }
+        )
+        return
+    console.print(
+        f"exported shard {shard} (sequence {info['sequence']}, depth {info['depth']}) to {path}"
+    )
+
+
+def audit(
+    since: int = typer.Option(0, help="Only events after this sequence number."),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Show the append-only audit log."""
+    events = _open(workspace).audit(since)
+    if as_json:
+        print_json(events)
+        return
+    table(
+        "audit log",
+        ["#", "time (UTC)", "event", "detail"],
+        [(e["seq"], _when(e["at"]), e["event"], _short(e["detail"])) for e in events],
+    )
+
+
+def samples(
+    shard: int | None = typer.Option(None, "--shard", help="Only this shard."),
+    deleted: bool = typer.Option(False, "--deleted", help="Include deleted samples."),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """List sample ids with their shard and slice."""
+    rows = _open(workspace).samples(shard, include_deleted=deleted)
+    if as_json:
+        print_json(rows)
+        return
+    table(
+        f"{len(rows)} samples",
+        ["id", "shard", "slice", "deleted at"],
+        [
+            (r["id"], r["shard"], r["slice"], _when(r["deleted_at"]) if r["deleted_at"] else "")
+            for r in rows
+        ],
+    )
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(detail: dict[str, Any]) -> str:
+    text = json.dumps(detail, sort_keys=True)
+    return text if len(text) <= 90 else text[:87] + "..."

