@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from s3t.engine.blocks import BlockModel, LoraSettings, block_layers
+from s3t.engine.blocks import BlockModel
 from s3t.engine.features import FeatureStore
-from s3t.engine.loading import ModelSpec, load_backbone
-from s3t.engine.train import TrainSettings, train_stage
+from s3t.engine.loading import load_backbone
+from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings, block_layers
+from s3t.engine.train import train_stage
 from s3t.errors import ConfigError
 from tiny import sentiment_texts
 

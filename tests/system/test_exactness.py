@@ -10,9 +10,7 @@ import pytest
 import torch
 from helpers import assert_same_state, logits_of, scratch_stages, toy_dataset
 
-from s3t.engine.blocks import LoraSettings
-from s3t.engine.loading import ModelSpec
-from s3t.engine.train import TrainSettings
+from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
 from s3t.system.api import S3T
 from s3t.system.config import LayoutSettings, S3TConfig
 

@@ -115,7 +115,7 @@ def train(
 def _resolve_config(
     file: Path | None, model: str | None, max_length: int | None, **sections: dict[str, Any]
 ) -> Any:
-    from s3t.engine.loading import ModelSpec
+    from s3t.engine.settings import ModelSpec
     from s3t.system.config import S3TConfig
 
     base = S3TConfig.from_file(file) if file else None

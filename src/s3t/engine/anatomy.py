@@ -7,20 +7,11 @@ checkpoint table of names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from torch import nn
 
+from s3t.engine.settings import Family
 from s3t.errors import ModelError
-
-
-class Family(StrEnum):
-    """The three model families of the paper."""
-
-    ENCODER = "encoder"  # sequence classification / regression (BERT, RoBERTa, DeBERTa, …)
-    IMAGE = "image"  # image classification (ViT, …)
-    CAUSAL_LM = "causal-lm"  # decoder LMs for instruction tuning (Llama, GPT-2, …)
-
 
 # Projection names tried in order; the first group whose names all occur in a layer wins.
 # Paper defaults: query/value for RoBERTa and ViT, all 7 projections for Llama.

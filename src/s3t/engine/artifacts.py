@@ -8,14 +8,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import save
 
-from s3t.engine.blocks import State
 from s3t.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from s3t.engine.blocks import State
 
 _BLOCK = "block::"
 _HEAD = "head::"
@@ -23,6 +23,8 @@ _HEAD = "head::"
 
 def encode_stage(block: State, head: State, manifest: dict[str, Any]) -> bytes:
     """Return the safetensors bytes of one stage snapshot."""
+    from safetensors.torch import save
+
     tensors = {_BLOCK + k: v.contiguous() for k, v in block.items()}
     tensors.update({_HEAD + k: v.contiguous() for k, v in head.items()})
     return save(tensors, metadata={"s3t": json.dumps(manifest, sort_keys=True)})
@@ -69,7 +71,7 @@ def read_stage(
 def read_manifest(path: Path) -> dict[str, Any]:
     """Return the manifest stored in a stage file's metadata."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
     except Exception as exc:
         raise ArtifactError(f"cannot read artifact {path}: {exc}") from exc
@@ -81,6 +83,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the trained tensors."""
     import peft
+    import torch
     import transformers
 
     from s3t import __version__

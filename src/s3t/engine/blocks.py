@@ -16,79 +16,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from s3t.engine.anatomy import Family
 from s3t.engine.loading import Backbone
+from s3t.engine.settings import LoraSettings, block_layers
 from s3t.errors import ConfigError
 
-Order = Literal["top-down", "bottom-up"]
 State = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters and the block layout.
-
-    ``alpha`` ``None`` means the paper's family default (2r for text models, r for ViT).
-    ``targets`` ``None`` means the family default projections (query/value; all seven
-    attention/MLP projections for Llama-style decoders). ``layers_per_slice`` ``None``
-    means ℓ = num_layers // L. ``order`` is the block order (the paper's top-down, or the
-    bottom-up ablation).
-    """
-
-    rank: int = 16
-    alpha: float | None = None
-    dropout: float = 0.0
-    rslora: bool = True
-    targets: tuple[str, ...] | None = None
-    layers_per_slice: int | None = None
-    order: Order = "top-down"
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ConfigError(f"LoRA rank must be >= 1, got {self.rank!r}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ConfigError(f"LoRA alpha must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        if self.layers_per_slice is not None and self.layers_per_slice < 1:
-            raise ConfigError(f"layers_per_slice must be >= 1, got {self.layers_per_slice!r}")
-        if self.order not in ("top-down", "bottom-up"):
-            raise ConfigError(f"order must be 'top-down' or 'bottom-up', got {self.order!r}")
-
-    def alpha_for(self, family: Family) -> float:
-        """Return alpha, filling in the family default."""
-        if self.alpha is not None:
-            return self.alpha
-        return float(self.rank if family is Family.IMAGE else 2 * self.rank)
-
-
-def block_layers(
-    num_layers: int, slices: int, layers_per_slice: int | None = None, order: Order = "top-down"
-) -> list[tuple[int, ...]]:
-    """Return the layer indices of blocks 1..L (list position i-1 is block i).
-
-    Top-down: block i = layers N-1-(i-1)ℓ … N-iℓ. Bottom-up: block i = (i-1)ℓ … iℓ-1.
-    """
-    per = layers_per_slice if layers_per_slice is not None else num_layers // max(slices, 1)
-    if slices < 1 or per < 1 or per * slices > num_layers:
-        raise ConfigError(
-            f"cannot make {slices} blocks of {per} layer(s) from a model with {num_layers} "
-            f"layers; use at most {num_layers} slices or fewer layers per slice"
-        )
-    blocks = []
-    for i in range(1, slices + 1):
-        if order == "top-down":
-            top = num_layers - 1 - (i - 1) * per
-            blocks.append(tuple(range(top, top - per, -1)))
-        else:
-            blocks.append(tuple(range((i - 1) * per, i * per)))
-    return blocks
 
 
 class BlockModel:

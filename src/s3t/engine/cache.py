@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from s3t.engine.anatomy import Family
 from s3t.engine.blocks import BlockModel
 from s3t.engine.features import FeatureStore
+from s3t.engine.settings import Family
 
 log = logging.getLogger(__name__)
 

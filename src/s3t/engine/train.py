@@ -17,73 +17,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s3t.engine.anatomy import Family
 from s3t.engine.blocks import BlockModel, State
 from s3t.engine.cache import ActivationCache
 from s3t.engine.features import IGNORE_INDEX, FeatureStore, plan_batches
+from s3t.engine.settings import Family, TrainSettings
 from s3t.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: progress(done_steps, total_steps, loss, samples_per_second)
 StepCallback = Callable[[int, int, float, float], None]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings of every stage.
-
-    ``epochs`` per stage; AdamW with ``lr``, ``weight_decay``; linear warm-up over
-    ``warmup_ratio`` of the steps then linear decay; gradients clipped to
-    ``max_grad_norm`` (``None``: no clipping). ``cache_activations`` reuses the frozen
-    lower layers' outputs (exact, top-down only); ``bucket_by_length`` batches samples
-    of similar length together. ``validation_fraction`` of every slice is held out for
-    early stopping (``patience`` epochs without improvement) and best-epoch selection;
-    it is carved from the shard's own training data, never from the test set.
-    """
-
-    lr: float = 1e-4
-    epochs: int = 1
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
-    cache_activations: bool = True
-    bucket_by_length: bool = True
-    validation_fraction: float = 0.0
-    patience: int | None = None
-    eval_batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs!r}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
-            (
-                0 <= self.warmup_ratio < 1,
-                f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}",
-            ),
-            (
-                self.max_grad_norm is None or self.max_grad_norm > 0,
-                f"max_grad_norm must be > 0, got {self.max_grad_norm!r}",
-            ),
-            (
-                0 <= self.validation_fraction < 0.5,
-                f"validation_fraction must be in [0, 0.5), got {self.validation_fraction!r}",
-            ),
-            (
-                self.patience is None or self.patience >= 1,
-                f"patience must be >= 1, got {self.patience!r}",
-            ),
-            (
-                self.eval_batch_size >= 1,
-                f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
 
 
 @dataclass

@@ -12,22 +12,23 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from s3t.core.simulate import expected_requests_to_cover
 from s3t.data.examples import Dataset, Examples
-from s3t.engine.anatomy import Family
-from s3t.engine.loading import load_backbone
+from s3t.engine.settings import Family
 from s3t.errors import DataError, InvalidRequestError
 from s3t.system.background import BackgroundRetrainer, RetrainPolicy
 from s3t.system.config import S3TConfig
 from s3t.system.forget import Receipt, forget, remove_purged_files
-from s3t.system.serving import Prediction, Served, Server
-from s3t.system.training import EventCallback, StageOutcome, Trainer
 from s3t.system.verify import VerifyReport, verify
 from s3t.system.workspace import Workspace
+
+if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
+    from s3t.system.serving import Prediction, Served, Server
+    from s3t.system.training import EventCallback, StageOutcome, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,27 @@ class S3T:
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
-        self.server = Server(workspace)
         self.background: BackgroundRetrainer | None = None
+        self._server: Server | None = None
         self._trainer: Trainer | None = None
+
+    @property
+    def server(self) -> Server:
+        """The serving side (loads the model on first use)."""
+        if self._server is None:
+            from s3t.system.serving import Server
+
+            self._server = Server(self.workspace)
+        return self._server
+
+    def _get_trainer(self, on_event: EventCallback | None = None) -> Trainer:
+        from s3t.system.training import Trainer
+
+        if self._trainer is None:
+            self._trainer = Trainer(self.workspace, on_event)
+        elif on_event is not None:
+            self._trainer.on_event = on_event
+        return self._trainer
 
     # ----- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -102,6 +121,9 @@ class S3T:
             config = replace(
                 config, model=replace(config.model, num_labels=dataset.train.num_labels)
             )
+        from s3t.engine.loading import load_backbone
+        from s3t.system.training import Trainer
+
         backbone = load_backbone(config.model, seed=config.layout.seed)  # fail before any writing
         check_fits(backbone.anatomy.family, dataset.train)
         ws = Workspace.create(workspace, config, dataset, risk)
@@ -183,11 +205,7 @@ class S3T:
         self, shards: list[int] | None = None, on_event: EventCallback | None = None
     ) -> list[StageOutcome]:
         """Bring every truncated sequence (of some shards) back to full depth, now."""
-        if self._trainer is None:
-            self._trainer = Trainer(self.workspace, on_event)
-        elif on_event is not None:
-            self._trainer.on_event = on_event
-        return self._trainer.complete(shards)
+        return self._get_trainer(on_event).complete(shards)
 
     # ----- reports --------------------------------------------------------------------------
     def status(self) -> Status:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from s3t.errors import ConfigError
-from s3t.system.training import EventCallback, StageOutcome, Trainer
 from s3t.system.workspace import Workspace
+
+if TYPE_CHECKING:
+    from s3t.system.training import EventCallback, StageOutcome, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ class BackgroundRetrainer:
                 due = self.policy.shards_due(self.ws)
                 if due:
                     if self._trainer is None:
+                        from s3t.system.training import Trainer
+
                         self._trainer = Trainer(self.ws, self.on_event)
                     for shard in due:
                         if self._stop.is_set():

@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from s3t.core.sequences import DEFAULT_T, METHODS
-from s3t.engine.anatomy import Family
-from s3t.engine.blocks import LoraSettings
-from s3t.engine.loading import ModelSpec
-from s3t.engine.train import TrainSettings
+from s3t.engine.settings import Family, LoraSettings, ModelSpec, TrainSettings
 from s3t.errors import ConfigError
 
 
