@@ -33,6 +33,9 @@ def train(
     layers_per_slice: int | None = typer.Option(None, help="Layers per block ℓ (default N // L)."),
     targets: str | None = typer.Option(None, help="LoRA target modules, comma-separated."),
     max_length: int | None = typer.Option(None, help="Token truncation length."),
+    num_labels: int | None = typer.Option(
+        None, help="Model outputs (default: classes in the data; 1 = regression)."
+    ),
     validation_fraction: float | None = typer.Option(
         None, help="Share of each slice held out for early stopping."
     ),
@@ -79,6 +82,7 @@ def train(
             cache_activations=False if no_cache else None,
         ),
         max_length=max_length,
+        num_labels=num_labels,
     )
     dataset = load_dataset(
         data,
@@ -113,7 +117,11 @@ def train(
 
 
 def _resolve_config(
-    file: Path | None, model: str | None, max_length: int | None, **sections: dict[str, Any]
+    file: Path | None,
+    model: str | None,
+    max_length: int | None,
+    num_labels: int | None,
+    **sections: dict[str, Any],
 ) -> Any:
     from s3t.engine.settings import ModelSpec
     from s3t.system.config import S3TConfig
@@ -127,7 +135,15 @@ def _resolve_config(
     overrides = {
         k: {f: v for f, v in values.items() if v is not None} for k, values in sections.items()
     }
-    overrides["model"] = {"name_or_path": name} | ({"max_length": max_length} if max_length else {})
+    overrides["model"] = {
+        k: v
+        for k, v in {
+            "name_or_path": name,
+            "max_length": max_length,
+            "num_labels": num_labels,
+        }.items()
+        if v is not None
+    }
     return base.with_overrides(**overrides)
 
 

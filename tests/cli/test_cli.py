@@ -1,0 +1,228 @@
+"""The `s3t` command as users run it: --json outputs, tables, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from s3t.cli.main import app
+from s3t.core.simulate import theoretical_delta
+from tiny import sentiment_texts
+
+runner = CliRunner()
+
+
+def run(*args: str) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess[str]:
+    """Through the console entry point, as a user would (errors become messages)."""
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-c", "from s3t.cli.main import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_simulate_json_matches_the_closed_form_within_three_percent() -> None:
+    out = json.loads(
+        run(
+            "simulate",
+            "--shards",
+            "5",
+            "--slices",
+            "6",
+            "--budget",
+            "1,2,3,4,5,6",
+            "--trials",
+            "5000",
+            "--json",
+        )
+    )
+    assert [row["budget"] for row in out] == [1, 2, 3, 4, 5, 6]
+    for row in out:
+        theory = theoretical_delta(5, 6, row["budget"])
+        assert row["delta_theory"] == pytest.approx(theory, abs=1e-3)
+        assert abs(row["delta_mean"] - theory) / theory < 0.03
+
+
+def test_simulate_table_and_plot(tmp_path: Path) -> None:
+    out = run(
+        "simulate",
+        "-m",
+        "3",
+        "-L",
+        "4",
+        "-B",
+        "1,4",
+        "--trials",
+        "300",
+        "--plot",
+        str(tmp_path / "d.png"),
+    )
+    assert "δ simulated" in out and "SISA" in out
+    assert (tmp_path / "d.png").stat().st_size > 10_000
+
+
+def test_sequences_json() -> None:
+    out = json.loads(run("sequences", "--slices", "4", "--budget", "6", "--json"))
+    assert out["sequences"][:4] == [[0, 1, 2, 3], [3, 0, 1, 2], [2, 3, 0, 1], [1, 2, 3, 0]]
+    assert out["diversity"] > 0
+    bms = json.loads(
+        run("sequences", "-L", "3", "-B", "3", "--method", "bms", "--prior", "1,2,7", "--json")
+    )
+    assert len(bms["scores"]) == 3
+
+
+def _csv(path: Path, n: int = 90) -> Path:
+    texts, labels = sentiment_texts(n, seed=4)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["uid", "review", "sentiment"])
+        for i, (t, y) in enumerate(zip(texts, labels, strict=True)):
+            writer.writerow([f"u{i}", t, "pos" if y else "neg"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_ws(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    data = _csv(root / "reviews.csv")
+    ws = root / "ws"
+    out = json.loads(
+        run(
+            "train",
+            "-w",
+            str(ws),
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(data),
+            "--id-column",
+            "uid",
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "-m",
+            "2",
+            "-L",
+            "3",
+            "-B",
+            "2",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.005",
+            "--batch-size",
+            "16",
+            "--rank",
+            "2",
+            "--test-fraction",
+            "0.2",
+            "--json",
+        )
+    )
+    assert {(s["shard"], s["stage"]) for s in out["stages"]} == {
+        (k, i) for k in (0, 1) for i in (1, 2, 3)
+    }
+    assert all(Path(s["path"]).exists() for s in out["stages"])
+    assert out["status"]["live_shards"] == 2
+    assert 0.0 <= out["test"]["accuracy"] <= 1.0
+    return ws
+
+
+def test_system_commands_json(trained_ws: Path, tmp_path: Path) -> None:
+    ws = ["-w", str(trained_ws)]
+    samples = json.loads(run("samples", *ws, "--shard", "1", "--json"))
+    assert samples and all(s["shard"] == 1 for s in samples)
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(samples[0]["id"] + "\n" + samples[1]["id"] + "\n")
+    receipt = json.loads(run("forget", *ws, "--file", str(ids_file), "--json"))
+    assert sorted(receipt["deleted"]) == sorted([samples[0]["id"], samples[1]["id"]])
+    assert receipt["milliseconds"] < 1000
+    status = json.loads(run("status", *ws, "--json"))
+    assert status["deleted_samples"] == 2 and status["deletion_requests"] == 1
+    predictions = json.loads(run("predict", *ws, "good film", "awful plot", "--json"))
+    assert len(predictions["labels"]) == 2 and set(predictions["labels"]) <= {"neg", "pos"}
+    assert json.loads(run("verify", *ws, "--json"))["ok"] is True
+    retrained = json.loads(run("retrain", *ws, "--json"))
+    assert retrained["status"]["sequences_below_full_depth"] == 0
+    exported = json.loads(
+        run("export", *ws, "--shard", "0", "--out", str(tmp_path / "exp"), "--json")
+    )
+    assert (Path(exported["path"]) / "adapter_config.json").exists()
+    audit = json.loads(run("audit", *ws, "--json"))
+    assert [e["event"] for e in audit].count("forget") == 1
+    table = run("status", *ws)
+    assert "served depth" in table
+
+
+def test_verify_exits_nonzero_on_a_corrupted_artifact(trained_ws: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "ws"
+    shutil.copytree(trained_ws, copy)
+    victim = next((copy / "artifacts").rglob("*.safetensors"))
+    victim.write_bytes(victim.read_bytes()[:-8] + b"corrupt!")
+    result = runner.invoke(app, ["verify", "-w", str(copy)])
+    assert result.exit_code == 1
+    assert "does not match its sha256" in result.stdout
+
+
+def test_clear_errors_before_any_training(tmp_path: Path, tiny_bert: Path) -> None:
+    data = _csv(tmp_path / "r.csv")
+    ws = tmp_path / "ws"
+    missing = run_main(
+        "train",
+        "-w",
+        str(ws),
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(data),
+        "--text-column",
+        "body",
+    )
+    assert missing.returncode == 2
+    assert "body" in missing.stderr and "review" in missing.stderr  # names it and lists columns
+    not_model = run_main(
+        "train",
+        "-w",
+        str(ws),
+        "--model",
+        str(tmp_path),
+        "--data",
+        str(data),
+        "--text-column",
+        "review",
+        "--label-column",
+        "sentiment",
+    )
+    assert not_model.returncode == 2 and "not a loadable transformer model" in not_model.stderr
+    labels = run_main(
+        "train",
+        "-w",
+        str(ws),
+        "--model",
+        str(tiny_bert),
+        "--data",
+        "builtin:digits",
+    )
+    assert labels.returncode == 2 and "image" in labels.stderr
+    assert not ws.exists()
+    unknown = run_main("forget", "-w", str(tmp_path / "nowhere"), "x")
+    assert unknown.returncode == 2 and "no s3t workspace" in unknown.stderr
