@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from s3t.cli import simulation, system, train
+from s3t.cli import experiments, serve, simulation, system, train
 from s3t.cli.output import err_console
 from s3t.errors import S3TError
 
@@ -23,6 +23,9 @@ app = typer.Typer(
 app.command()(simulation.simulate)
 app.command()(simulation.sequences)
 app.command()(train.train)
+app.command()(experiments.demo)
+app.command()(experiments.experiment)
+app.command()(serve.serve)
 for command in (
     system.forget,
     system.predict,

@@ -166,15 +166,19 @@ def verify(workspace: Path = WS, as_json: bool = JSON) -> None:
 
 def retrain(
     shard: list[int] = typer.Option(None, "--shard", help="Only these shards (repeatable)."),
+    ray: bool = typer.Option(False, "--ray", help="Retrain shards in parallel Ray tasks."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster to join."),
     workspace: Path = WS,
     as_json: bool = JSON,
 ) -> None:
     """Retrain every truncated sequence back to full depth (deleted samples excluded)."""
-    from s3t.cli.train import stage_progress
+    from s3t.cli.train import ray_executor, stage_progress
 
     system = _open(workspace)
     with progress_bar(enabled=not as_json) as update:
-        outcomes = system.retrain(shard or None, on_event=stage_progress(update))
+        outcomes = system.retrain(
+            shard or None, on_event=stage_progress(update), executor=ray_executor(ray, ray_address)
+        )
     rows = [
         {
             "shard": o.key.shard,

@@ -57,6 +57,10 @@ def train(
         0.0, help="Hold out this share as a test split (files without one)."
     ),
     config: Path | None = typer.Option(None, help="TOML/JSON config file; options given here win."),
+    ray: bool = typer.Option(False, "--ray", help="Train shards in parallel Ray tasks."),
+    ray_address: str | None = typer.Option(
+        None, help="Ray cluster to join (default: start a local one)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Train an S3T system: m shards × B sequences × L stages of LoRA blocks."""
@@ -103,7 +107,13 @@ def train(
             f"{len(dataset.train)} samples of {dataset.name} → {workspace}"
         )
     with progress_bar(enabled=not as_json) as update:
-        system = S3T.fit(workspace, dataset, settings, on_event=stage_progress(update))
+        system = S3T.fit(
+            workspace,
+            dataset,
+            settings,
+            on_event=stage_progress(update),
+            executor=ray_executor(ray, ray_address),
+        )
     summary = training_summary(system)
     if as_json:
         print_json(summary)
@@ -145,6 +155,15 @@ def _resolve_config(
         if v is not None
     }
     return base.with_overrides(**overrides)
+
+
+def ray_executor(enabled: bool, address: str | None) -> Any:
+    """The Ray executor when asked for (``--ray``/``--ray-address``), else ``None``."""
+    if not enabled and not address:
+        return None
+    from s3t.system.distributed import RayExecutor
+
+    return RayExecutor(address=address)
 
 
 def stage_progress(update: Any) -> Any:

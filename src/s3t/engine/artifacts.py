@@ -60,12 +60,24 @@ def read_stage(
             f"artifact {path.name} does not match its recorded sha256 (corrupted); "
             "run `s3t verify`, then `s3t retrain` to rebuild it"
         )
+    return decode_stage(data)
+
+
+def decode_stage(data: bytes) -> tuple[State, State, dict[str, Any]]:
+    """Return (block, head, manifest) of stage artifact bytes."""
     from safetensors.torch import load
 
-    tensors = load(data)
+    try:
+        header_size = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+        tensors = load(data)
+    except Exception as exc:
+        raise ArtifactError(f"not a readable stage artifact: {exc}") from exc
+    if "s3t" not in meta:
+        raise ArtifactError("not an s3t stage artifact (no manifest)")
     block = {k[len(_BLOCK) :]: v for k, v in tensors.items() if k.startswith(_BLOCK)}
     head = {k[len(_HEAD) :]: v for k, v in tensors.items() if k.startswith(_HEAD)}
-    return block, head, read_manifest(path)
+    return block, head, dict(json.loads(meta["s3t"]))
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -76,6 +76,7 @@ def plot_bars(
     values: Sequence[float],
     ylabel: str,
     title: str,
+    logy: bool = False,
 ) -> Path:
     """One panel of labelled bars, each annotated with its value."""
     plt = _pyplot()
@@ -84,6 +85,8 @@ def plot_bars(
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.bar_label(bars, fmt="%.3g")
     ax.set(ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
     return _save(fig, path)
 
 

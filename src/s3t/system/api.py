@@ -28,7 +28,7 @@ from s3t.system.workspace import Workspace
 
 if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
     from s3t.system.serving import Prediction, Served, Server
-    from s3t.system.training import EventCallback, StageOutcome, Trainer
+    from s3t.system.training import EventCallback, Executor, StageOutcome, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class S3T:
         *,
         risk: dict[str, float] | None = None,
         on_event: EventCallback | None = None,
+        executor: Executor | None = None,
     ) -> S3T:
         """Create (or resume) a workspace and train every sequence of every shard to full
         depth. ``num_labels`` is taken from the data when the config leaves it at 0."""
@@ -128,8 +129,8 @@ class S3T:
         check_fits(backbone.anatomy.family, dataset.train)
         ws = Workspace.create(workspace, config, dataset, risk)
         system = cls(ws)
-        system._trainer = Trainer(ws, on_event, backbone=backbone)
-        system._trainer.complete()
+        system._trainer = Trainer(ws, on_event, backbone=None if executor else backbone)
+        system._trainer.complete(executor=executor)
         return system
 
     @classmethod
@@ -172,10 +173,14 @@ class S3T:
         return self.server.generate(prompts, max_new_tokens)[0]
 
     def evaluate(
-        self, examples: Examples | None = None, aggregate: str = "mean-logits"
+        self,
+        examples: Examples | None = None,
+        aggregate: str = "mean-logits",
+        budget: int | None = None,
     ) -> dict[str, float]:
         """Score the served system on labelled examples (default: the stored test split):
-        accuracy for classification, MSE for regression."""
+        accuracy for classification, MSE for regression. ``budget`` scores the system as if
+        only each shard's first B sequences had been trained."""
         from s3t.engine.features import FeatureStore
         from s3t.system.serving import aggregate_logits
 
@@ -183,7 +188,7 @@ class S3T:
         if data.task == "instruction":
             raise InvalidRequestError("evaluate() scores classifiers and regressors")
         store = FeatureStore.from_examples(self.server.engine.backbone, data)
-        served, logits = self.server.shard_logits(store)
+        served, logits = self.server.shard_logits(store, budget=budget)
         labels, _ = aggregate_logits(list(logits.values()), aggregate, data.task)
         truth = np.asarray(data.labels)
         out: dict[str, float] = {"samples": float(len(data)), "shards_serving": float(len(served))}
@@ -202,10 +207,14 @@ class S3T:
         return receipt
 
     def retrain(
-        self, shards: list[int] | None = None, on_event: EventCallback | None = None
+        self,
+        shards: list[int] | None = None,
+        on_event: EventCallback | None = None,
+        executor: Executor | None = None,
     ) -> list[StageOutcome]:
-        """Bring every truncated sequence (of some shards) back to full depth, now."""
-        return self._get_trainer(on_event).complete(shards)
+        """Bring every truncated sequence (of some shards) back to full depth, now
+        (``executor``: train elsewhere, e.g. on Ray)."""
+        return self._get_trainer(on_event).complete(shards, executor=executor)
 
     # ----- reports --------------------------------------------------------------------------
     def status(self) -> Status:

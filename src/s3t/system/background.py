@@ -98,11 +98,15 @@ class BackgroundRetrainer:
                         from s3t.system.training import Trainer
 
                         self._trainer = Trainer(self.ws, self.on_event)
+                    progress = 0
                     for shard in due:
                         if self._stop.is_set():
                             break
-                        self.outcomes += self._trainer.complete([shard], stop=self._stop)
-                    continue
+                        done = self._trainer.complete([shard], stop=self._stop)
+                        self.outcomes += done
+                        progress += len(done)
+                    if progress:
+                        continue  # check again at once: deletions may have arrived meanwhile
             except Exception as exc:  # keep serving; surface the error in status
                 log.exception("background retraining failed")
                 self.error = exc

@@ -77,12 +77,13 @@ class Server:
                 self._engine = BlockModel(backbone, config.lora, config.layout.slices)
             return self._engine
 
-    def selection(self) -> list[Served]:
+    def selection(self, budget: int | None = None) -> list[Served]:
         """Return the model every live shard serves now (longest valid prefix; the lowest
-        sequence number among equals)."""
+        sequence number among equals). ``budget`` limits the choice to each shard's first
+        B sequences: selectors nest, so that is exactly the system trained with budget B."""
         best: dict[int, Served] = {}
         for row in self.ws.registry().sequences():
-            if row.depth == 0:
+            if row.depth == 0 or (budget is not None and row.seq >= budget):
                 continue
             current = best.get(row.shard)
             if current is None or row.depth > current.depth:
@@ -120,22 +121,29 @@ class Server:
         self.engine.assemble(*self.stages(served))
 
     def shard_logits(
-        self, store: FeatureStore, batch_size: int = 64
+        self, store: FeatureStore, batch_size: int = 64, budget: int | None = None
     ) -> tuple[list[Served], dict[int, torch.Tensor]]:
-        """Return the served models and each one's logits for every row of ``store``.
-
-        The base model's lower layers are shared: per batch, the base hidden states
-        entering each served model's lowest trained layer are computed once, and each
-        shard's model runs only from there (exact: below that layer it *is* the base)."""
+        """Return the served models and each one's logits for every row of ``store``
+        (reselecting once if an artifact was purged between selection and loading)."""
         for attempt in range(2):
-            served = self.selection()
+            served = self.selection(budget)
             try:
-                with self._lock:
-                    return served, self._logits(served, store, batch_size)
+                return served, self.logits_for(served, store, batch_size)
             except ArtifactError:
                 if attempt == 1:
                     raise
         raise AssertionError("unreachable")
+
+    def logits_for(
+        self, served: list[Served], store: FeatureStore, batch_size: int = 64
+    ) -> dict[int, torch.Tensor]:
+        """Return each given served model's logits for every row of ``store``.
+
+        The base model's lower layers are shared: per batch, the base hidden states
+        entering each served model's lowest trained layer are computed once, and each
+        shard's model runs only from there (exact: below that layer it *is* the base)."""
+        with self._lock:
+            return self._logits(served, store, batch_size)
 
     def _logits(
         self, served: list[Served], store: FeatureStore, batch_size: int

@@ -13,24 +13,21 @@ retrain serves deeper models as it goes; each swap is atomic.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from s3t.core.schedule import StageKey, is_validation, plan_stages, samples_digest, stage_seed
-from s3t.engine.artifacts import encode_stage, library_versions, read_stage, write_atomic
-from s3t.engine.blocks import BlockModel, State
-from s3t.engine.cache import ActivationCache
-from s3t.engine.features import FeatureStore
-from s3t.engine.loading import Backbone, fingerprint, load_backbone
-from s3t.engine.train import StageResult, train_stage
+from s3t.core.schedule import StageKey, plan_stages, samples_digest
+from s3t.engine.artifacts import read_stage, write_atomic
+from s3t.engine.blocks import State
+from s3t.engine.loading import Backbone
 from s3t.errors import RetrainConflictError
 from s3t.system.registry import Registry
+from s3t.system.stage_worker import StageWorker, TrainedStage
 from s3t.system.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -50,6 +47,14 @@ class StageEvent:
 
 
 EventCallback = Callable[[StageEvent], None]
+
+
+class Executor(Protocol):
+    """Trains a trainer's missing stages somewhere else and commits them through it."""
+
+    def complete(
+        self, trainer: Trainer, shards: Sequence[int] | None = None
+    ) -> list[StageOutcome]: ...
 
 
 @dataclass
@@ -76,30 +81,38 @@ class Trainer:
         self.ws = workspace
         self.config = workspace.config
         self.on_event = on_event or (lambda event: None)
-        if backbone is None:
-            backbone = load_backbone(self.config.model, seed=self.config.layout.seed)
-        self.engine = BlockModel(backbone, self.config.lora, self.config.layout.slices)
-        self.base_fingerprint = fingerprint(backbone.model, skip=backbone.anatomy.head)
+        self._backbone = backbone
+        self._worker: StageWorker | None = None
         self._tensors: dict[str, tuple[State, State]] = {}
         #: test hook: called with the stage key after training, before the swap
         self.before_swap: Callable[[StageKey], None] | None = None
+
+    @property
+    def worker(self) -> StageWorker:
+        """The local model instance (loaded on first use)."""
+        if self._worker is None:
+            self._worker = StageWorker(self.config, self._backbone)
+        return self._worker
 
     def complete(
         self,
         shards: Sequence[int] | None = None,
         stop: threading.Event | None = None,
         max_rounds: int = 1000,
+        executor: Executor | None = None,
     ) -> list[StageOutcome]:
         """Train and swap in every missing stage of the given shards (all by default) until
         every sequence is at full depth, or ``stop`` is set; returns what happened to each
-        stage."""
+        stage. An ``executor`` (e.g. :class:`~s3t.system.distributed.RayExecutor`) trains
+        elsewhere; committing stays here."""
+        if executor is not None:
+            return executor.complete(self, shards)
         registry = self.ws.registry()
         targets = (
             sorted({s.shard for s in registry.sequences()}) if shards is None else list(shards)
         )
         outcomes: list[StageOutcome] = []
-        store: FeatureStore | None = None
-        cache: ActivationCache | None = None
+        fresh_data = True
         planned = 0
         for shard in targets:
             rows = registry.sequences(shard)
@@ -113,12 +126,10 @@ class Trainer:
                 plan = plan_stages(shard, [r.perm for r in rows], [r.depth for r in rows])
                 if not plan:
                     break
-                key = plan[0]
-                if store is None:
-                    store = FeatureStore.from_examples(self.engine.backbone, self.ws.examples())
-                    if self.config.train.cache_activations:
-                        cache = ActivationCache(self.engine, store)
-                outcomes.append(self._run_stage(registry, key, store, cache))
+                if fresh_data:  # the live samples as they are now; deleted ones are gone
+                    self.worker.use_examples(self.ws.examples())
+                    fresh_data = False
+                outcomes.append(self._run_stage(registry, plan[0]))
             else:
                 raise RetrainConflictError(
                     f"shard {shard} kept discarding stages; giving up after {max_rounds} rounds"
@@ -126,92 +137,60 @@ class Trainer:
         return outcomes
 
     # ----- one stage -------------------------------------------------------------------------
-    def _run_stage(
-        self, registry: Registry, key: StageKey, store: FeatureStore, cache: ActivationCache | None
-    ) -> StageOutcome:
-        parent = _parent_chain(registry, key)
+    def _run_stage(self, registry: Registry, key: StageKey) -> StageOutcome:
+        parent = parent_chain(registry, key)
         data = registry.live_ids(key.shard, key.prefix)
-        digest = samples_digest(data)
-        config_hash = self.config.config_hash()
-        began = time.perf_counter()
-        existing = registry.find_artifact(key.shard, key.prefix, digest, config_hash)
+        existing = registry.find_artifact(
+            key.shard, key.prefix, samples_digest(data), self.config.config_hash()
+        )
         if existing is not None:
-            problem = self._swap(registry, key, parent, existing, data, new_file=False)
-            status = "discarded" if problem else "reused"
-            self.on_event(StageEvent(status, key, detail={"artifact": existing}))
-            return StageOutcome(key, None if problem else existing, status, 0.0, len(data), {})
-        fraction = self.config.train.validation_fraction
-        seed = self.config.layout.seed
-        val = [i for i in data if is_validation(i, fraction, seed)]
-        train = [i for i in data if not is_validation(i, fraction, seed)]
-        self._assemble(parent)
-        self.on_event(StageEvent("start", key, total=0, detail={"samples": len(train)}))
-        result = train_stage(
-            self.engine,
-            store,
-            key.stage,
-            train,
-            self.config.train,
-            stage_seed(seed, key),
-            val_ids=val,
-            cache=cache,
+            return self.commit(registry, key, parent, data, existing)
+        self.on_event(StageEvent("start", key, detail={"samples": len(data)}))
+        trained = self.worker.train(
+            key,
+            [self.tensors(a) for a in parent],
+            data,
             on_step=lambda step, total, loss, sps: self.on_event(
                 StageEvent("step", key, step, total, loss, sps)
             ),
         )
-        manifest = self._manifest(key, data, digest, config_hash, result)
-        blob = encode_stage(result.block, result.head, manifest)
-        artifact = hashlib.sha256(blob).hexdigest()
-        path = self.ws.artifact_path(artifact)
+        return self.commit(registry, key, parent, data, trained)
+
+    def commit(
+        self,
+        registry: Registry,
+        key: StageKey,
+        parent: Sequence[str],
+        data: Sequence[str],
+        stage: TrainedStage | str,
+    ) -> StageOutcome:
+        """Store a trained stage (or reuse an existing artifact id) and swap it in, unless
+        the race rule discards it; report what happened."""
+        began = time.perf_counter()
+        if isinstance(stage, str):
+            problem = self._swap(registry, key, parent, stage, data, new_file=False)
+            status = "discarded" if problem else "reused"
+            self.on_event(StageEvent(status, key, detail={"artifact": stage}))
+            return StageOutcome(key, None if problem else stage, status, 0.0, len(data), {})
+        path = self.ws.artifact_path(stage.artifact)
         new_file = not path.exists()
         if new_file:
-            write_atomic(path, blob)
+            write_atomic(path, stage.blob)
         if self.before_swap is not None:
             self.before_swap(key)
-        metrics = manifest["metrics"]
-        problem = self._swap(registry, key, parent, artifact, data, new_file, len(blob), metrics)
+        problem = self._swap(
+            registry, key, parent, stage.artifact, data, new_file, len(stage.blob), stage.metrics
+        )
+        seconds = float(stage.metrics.get("seconds", 0.0)) + time.perf_counter() - began
         if problem:
             log.info("discarded %s: %s", key.label(), problem)
             self.on_event(StageEvent("discarded", key, detail={"reason": problem}))
-            return StageOutcome(
-                key, None, "discarded", time.perf_counter() - began, len(data), metrics
-            )
-        self._tensors[artifact] = (result.block, result.head)
-        self.on_event(StageEvent("swapped", key, detail={"artifact": artifact, **metrics}))
-        return StageOutcome(
-            key, artifact, "trained", time.perf_counter() - began, len(data), metrics
+            return StageOutcome(key, None, "discarded", seconds, len(data), stage.metrics)
+        self._tensors[stage.artifact] = (stage.block, stage.head)
+        self.on_event(
+            StageEvent("swapped", key, detail={"artifact": stage.artifact, **stage.metrics})
         )
-
-    def _manifest(
-        self, key: StageKey, data: list[str], digest: str, config_hash: str, result: StageResult
-    ) -> dict[str, Any]:
-        return {
-            "shard": key.shard,
-            "prefix": list(key.prefix),
-            "stage": key.stage,
-            "slices": list(key.prefix),
-            "samples_sha256": digest,
-            "n_samples": len(data),
-            "config_hash": config_hash,
-            "base_fingerprint": self.base_fingerprint,
-            "layers": list(self.engine.blocks[key.stage - 1]),
-            "versions": library_versions(),
-            "metrics": {
-                "train_loss": round(result.train_loss, 6),
-                "val_score": result.val_score,
-                "epochs_run": result.epochs_run,
-                "steps": result.steps,
-                "seconds": round(result.seconds, 3),
-                "samples_per_second": round(result.samples_per_second, 2),
-            },
-        }
-
-    def _assemble(self, parent: Sequence[str]) -> None:
-        blocks, head = [], None
-        for artifact in parent:
-            block, head = self.tensors(artifact)
-            blocks.append(block)
-        self.engine.assemble(blocks, head)
+        return StageOutcome(key, stage.artifact, "trained", seconds, len(data), stage.metrics)
 
     def tensors(self, artifact: str) -> tuple[State, State]:
         """Return (block, head) of an artifact, loaded once and checked against its sha256."""
@@ -298,7 +277,9 @@ class Trainer:
         return None
 
 
-def _parent_chain(registry: Registry, key: StageKey) -> tuple[str, ...]:
+def parent_chain(registry: Registry, key: StageKey) -> tuple[str, ...]:
+    """Return the artifact ids of a stage's valid parent prefix (raises
+    :class:`RetrainConflictError` when no sequence holds that prefix any more)."""
     if key.stage == 1:
         return ()
     for row in registry.sequences(key.shard):

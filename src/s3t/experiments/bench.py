@@ -1,0 +1,221 @@
+"""`make bench`: every benchmark of the project, each with its baseline in the same run.
+
+- training: the same S3T schedule trained by the authors'-style ``transformers.Trainer``
+  pipeline and by our engine (samples/s, ratio, test accuracy of both);
+- forget: latency of single-id deletion requests (p50/p99) next to what SISA would spend
+  on the same request (retraining the affected sequence from its last valid stage);
+- simulation: Monte Carlo speed of the deletion-rate simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s3t.core.partition import partition
+from s3t.core.sequences import cyclic
+from s3t.core.simulate import simulate
+from s3t.data import load_dataset
+from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
+from s3t.system.api import S3T
+from s3t.system.config import LayoutSettings, S3TConfig
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+
+
+def machine() -> str:
+    """One line naming the machine the numbers come from."""
+    import os
+
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)"
+
+
+def bench_training(
+    out: Path, samples: int, slices: int, epochs: int, lr: float, say: Say
+) -> dict[str, Any]:
+    """Train one sequence of ``slices`` stages on Rotten Tomatoes with both pipelines."""
+    from s3t.experiments.trainer_baseline import train_with_trainer
+
+    data = load_dataset("builtin:rotten_tomatoes", limit=samples, seed=0)
+    assert data.test is not None
+    spec = ModelSpec("builtin:minilm", num_labels=2, max_length=128)
+    lora = LoraSettings(rank=16)
+    settings = TrainSettings(lr=lr, epochs=epochs, batch_size=32)
+    config = S3TConfig(spec, LayoutSettings(shards=1, slices=slices, budget=1), lora, settings)
+    say(f"training benchmark: {samples} samples, L={slices}, {epochs} epoch(s) per stage")
+
+    shutil.rmtree(out / "ours", ignore_errors=True)
+    from s3t.engine.loading import load_backbone
+    from s3t.system.training import Trainer
+    from s3t.system.workspace import Workspace
+
+    workspace = Workspace.create(out / "ours", config, data)
+    trainer = Trainer(workspace, backbone=load_backbone(spec, seed=0))
+    began = time.perf_counter()
+    outcomes = trainer.complete()
+    ours_seconds = time.perf_counter() - began
+    ours_samples = sum(o.samples for o in outcomes) * epochs
+    ours_accuracy = S3T(workspace).evaluate()["accuracy"]
+    say(f"  ours: {ours_samples / ours_seconds:.1f} samples/s, test accuracy {ours_accuracy:.4f}")
+
+    labels = [int(x) for x in np.asarray(data.train.labels)]
+    layout = partition(data.train.ids, 1, slices, seed=0, labels=labels)
+    slice_of = {sid: s for sid, (_, s) in layout.assignment.items()}
+    base = train_with_trainer(
+        spec, lora, settings, data.train, data.test, cyclic(slices, 1)[0], slice_of
+    )
+    say(
+        f"  transformers.Trainer: {base.samples_per_second:.1f} samples/s, test accuracy {base.accuracy:.4f}"
+    )
+    return {
+        "model": "all-MiniLM-L6-v2 (LoRA r=16 on query/value)",
+        "data": f"Rotten Tomatoes, {samples} training samples, {len(data.test)} test",
+        "slices": slices,
+        "epochs_per_stage": epochs,
+        "ours_samples_per_second": round(ours_samples / ours_seconds, 2),
+        "trainer_samples_per_second": round(base.samples_per_second, 2),
+        "speedup": round((ours_samples / ours_seconds) / base.samples_per_second, 3),
+        "ours_seconds": round(ours_seconds, 2),
+        "trainer_seconds": round(base.seconds, 2),
+        "ours_accuracy": round(ours_accuracy, 4),
+        "trainer_accuracy": round(base.accuracy, 4),
+        "accuracy_gap_points": round(100 * (ours_accuracy - base.accuracy), 2),
+    }
+
+
+def bench_forget(out: Path, samples: int, requests: int, say: Say) -> dict[str, Any]:
+    """Latency of single-id forget requests vs SISA's retraining of the affected sequence."""
+    data = load_dataset("builtin:rotten_tomatoes", limit=samples, seed=1)
+    config = S3TConfig(
+        ModelSpec("builtin:minilm", num_labels=2),
+        LayoutSettings(shards=2, slices=3, budget=1),
+        LoraSettings(rank=16),
+        TrainSettings(lr=1e-3, epochs=1, batch_size=32),
+    )
+    root = out / "forget"
+    shutil.rmtree(root, ignore_errors=True)
+    say(f"forget benchmark: training a 2-shard, 3-slice system on {samples} samples")
+    S3T.fit(root / "trained", data, config)
+
+    latency = root / "latency"
+    shutil.copytree(root / "trained", latency)
+    system = S3T.open(latency)
+    ids = [s["id"] for s in system.samples()]
+    rng = np.random.default_rng(0)
+    times = []
+    for sid in rng.choice(ids, size=min(requests, len(ids)), replace=False):
+        began = time.perf_counter()
+        system.forget([str(sid)])
+        times.append((time.perf_counter() - began) * 1000)
+    p50, p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
+    say(f"  forget: p50 {p50:.2f} ms, p99 {p99:.2f} ms over {len(times)} requests")
+
+    # SISA answers a request by retraining the hit shard from the checkpoint before the hit
+    # slice; under uniform deletions each position 1..L is equally likely, so time all three.
+    sisa_times = []
+    for position in range(3):
+        copy = root / f"sisa-{position}"
+        shutil.copytree(root / "trained", copy, dirs_exist_ok=True)
+        sisa = S3T.open(copy)
+        row = sisa.workspace.registry().sequences(0)[0]
+        victim = next(s["id"] for s in sisa.samples(0) if s["slice"] == row.perm[position])
+        sisa.forget([victim])
+        began = time.perf_counter()
+        sisa.retrain()
+        sisa_times.append(time.perf_counter() - began)
+        say(f"  SISA retrain after a hit at position {position + 1}: {sisa_times[-1]:.1f} s")
+    sisa_ms = 1000 * statistics.mean(sisa_times)
+    return {
+        "requests": len(times),
+        "forget_p50_ms": round(p50, 3),
+        "forget_p99_ms": round(p99, 3),
+        "sisa_retrain_ms_mean": round(sisa_ms, 1),
+        "sisa_retrain_ms_by_position": [round(1000 * t, 1) for t in sisa_times],
+        "ratio_sisa_over_forget_p50": round(sisa_ms / p50, 1),
+        "ratio_sisa_over_forget_p99": round(sisa_ms / p99, 1),
+    }
+
+
+def bench_simulation(say: Say) -> dict[str, Any]:
+    """Time 10,000 trials of m=5, L=6, B=6."""
+    simulate(5, cyclic(6, 6), trials=100, seed=0)  # warm up
+    began = time.perf_counter()
+    result = simulate(5, cyclic(6, 6), trials=10_000, seed=1)
+    seconds = time.perf_counter() - began
+    say(f"simulation: 10,000 trials of m=5, L=6, B=6 in {seconds:.2f} s (δ = {result.mean:.2f})")
+    return {
+        "trials": 10_000,
+        "seconds": round(seconds, 3),
+        "delta_mean": round(result.mean, 3),
+        "delta_theory": round(result.theory or 0, 3),
+    }
+
+
+def run_all(out: Path, quick: bool = False, say: Say = print) -> dict[str, Any]:
+    """Run every benchmark; write ``results.json`` and ``results.md`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": "make bench",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    results["simulation"] = bench_simulation(say)
+    results["training"] = bench_training(
+        work, 300 if quick else 2000, 3, 1 if quick else 2, 1e-3, say
+    )
+    results["forget"] = bench_forget(work, 300 if quick else 1500, 50 if quick else 300, say)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results))
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Render benchmark results as a markdown summary."""
+    t, f, s = results["training"], results["forget"], results["simulation"]
+    return "\n".join(
+        [
+            "# s3t benchmarks",
+            "",
+            f"Machine: {results['machine']}. Command: `{results['command']}` ({results['date']}).",
+            "",
+            "## Training throughput (same schedule, same run)",
+            "",
+            f"{t['model']}; {t['data']}; one sequence of L={t['slices']} stages, {t['epochs_per_stage']} epoch(s) per stage.",
+            "",
+            "| pipeline | samples/s | wall time (s) | test accuracy |",
+            "|---|---|---|---|",
+            f"| transformers.Trainer + peft, per stage | {t['trainer_samples_per_second']} | {t['trainer_seconds']} | {t['trainer_accuracy']} |",
+            f"| s3t engine | {t['ours_samples_per_second']} | {t['ours_seconds']} | {t['ours_accuracy']} |",
+            "",
+            f"Speed-up: **{t['speedup']}×**; accuracy difference {t['accuracy_gap_points']:+} points.",
+            "",
+            "## Deletion latency",
+            "",
+            "| | time |",
+            "|---|---|",
+            f"| s3t forget, p50 ({f['requests']} single-id requests) | {f['forget_p50_ms']} ms |",
+            f"| s3t forget, p99 | {f['forget_p99_ms']} ms |",
+            f"| SISA: retrain the hit sequence from its checkpoint (mean over hit positions) | {f['sisa_retrain_ms_mean']} ms |",
+            "",
+            f"SISA needs **{f['ratio_sisa_over_forget_p50']:,}×** the p50 forget time ({f['ratio_sisa_over_forget_p99']:,}× the p99).",
+            "",
+            "## Simulator",
+            "",
+            f"{s['trials']:,} trials of m=5, L=6, B=6 in {s['seconds']} s (δ = {s['delta_mean']}, theory {s['delta_theory']}).",
+            "",
+        ]
+    )

@@ -1,0 +1,354 @@
+"""RQ2: deletion capability and cost, measured on a trained system.
+
+- accuracy vs number of deletions for B = 1 (SISA), 2 and L: one system is trained with
+  budget L; cyclic selections nest, so its first B sequences *are* the budget-B system;
+- deletion rate δ: measured by replaying uniform deletion streams with real ``forget``
+  calls (on copies of the registry) next to the simulator and the closed form; and
+  simulated against m and L;
+- deletion time: S3T ``forget`` vs SISA (retrain the hit sequence) vs full retraining;
+- storage vs δ: S3T's LoRA stage artifacts vs SISA's full-model slice checkpoints;
+- membership inference: deleted samples vs never-seen ones on the served model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s3t.core.sequences import cyclic
+from s3t.core.simulate import budget_sweep, harmonic, simulate, theoretical_delta
+from s3t.experiments.common import (
+    BudgetScorer,
+    ExperimentSettings,
+    Say,
+    full_lora,
+    model_layers,
+    stream_of_deletions,
+    write_results,
+)
+from s3t.report.plots import plot_bars, plot_lines
+from s3t.system.api import S3T
+from s3t.system.registry import DB_NAME
+
+
+def budgets_for(slices: int) -> list[int]:
+    """The budgets compared: 1 (SISA), 2 and L."""
+    return sorted({1, min(2, slices), slices})
+
+
+def accuracy_under_deletions(
+    system: S3T, scorer: BudgetScorer, stream: list[str], batch: int, budgets: list[int], say: Say
+) -> list[dict[str, Any]]:
+    """Forget ``stream`` in batches; after each, score every budget view and record depths,
+    live shards and forget latency."""
+    rows = [_snapshot(system, scorer, budgets, 0, [])]
+    for start in range(0, len(stream), batch):
+        latencies = []
+        for sid in stream[start : start + batch]:
+            began = time.perf_counter()
+            system.forget([sid])
+            latencies.append(1000 * (time.perf_counter() - began))
+        rows.append(_snapshot(system, scorer, budgets, start + len(latencies), latencies))
+        say(_describe(rows[-1]))
+    return rows
+
+
+def _snapshot(
+    system: S3T, scorer: BudgetScorer, budgets: list[int], done: int, latencies: list[float]
+) -> dict[str, Any]:
+    rows = system.workspace.registry().sequences()
+    view = {}
+    for b in budgets:
+        depth: dict[int, int] = {}
+        for r in rows:
+            if r.seq < b:
+                depth[r.shard] = max(depth.get(r.shard, 0), r.depth)
+        view[b] = {
+            "accuracy": scorer.accuracy(b),
+            "served_depths": [depth[k] for k in sorted(depth)],
+            "live_shards": sum(1 for d in depth.values() if d > 0),
+        }
+    return {
+        "deletions": done,
+        "budgets": view,
+        "forget_ms_max": round(max(latencies), 3) if latencies else None,
+        "forget_ms_mean": round(statistics.mean(latencies), 3) if latencies else None,
+    }
+
+
+def _describe(row: dict[str, Any]) -> str:
+    parts = []
+    for b, v in row["budgets"].items():
+        acc = "dead" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
+        live = f"{v['live_shards']}/{len(v['served_depths'])} live"
+        parts.append(f"B={b}: acc {acc}, {live}, depths {v['served_depths']}")
+    return (
+        f"  after {row['deletions']:>3} deletions — "
+        + "; ".join(parts)
+        + f" — forget ≤ {row['forget_ms_max']} ms"
+    )
+
+
+def measured_delta(
+    root: Path, work: Path, budgets: list[int], streams: int, seed: int
+) -> dict[int, list[int]]:
+    """Replay ``streams`` uniform deletion streams with real ``forget`` calls, each on a copy
+    of the registry, until budget max(budgets) fails; return δ per budget per stream."""
+    from s3t.system.forget import forget
+    from s3t.system.workspace import Workspace
+
+    out: dict[int, list[int]] = {b: [] for b in budgets}
+    for k in range(streams):
+        copy = work / f"stream-{k}"
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir(parents=True)
+        shutil.copy2(root / DB_NAME, copy / DB_NAME)
+        ws = Workspace(copy)
+        ids = [
+            r[0]
+            for r in ws.registry().db.execute("SELECT id FROM samples WHERE deleted_at IS NULL")
+        ]
+        dead_at: dict[int, int] = {}
+        for count, sid in enumerate(stream_of_deletions(ids, len(ids), seed + k), start=1):
+            forget(ws, [sid])
+            rows = ws.registry().sequences()
+            for b in budgets:
+                alive = any(r.depth > 0 for r in rows if r.seq < b)
+                if not alive and b not in dead_at:
+                    dead_at[b] = count
+            if len(dead_at) == len(budgets):
+                break
+        for b in budgets:
+            out[b].append(dead_at.get(b, len(ids)))
+        ws.registry().close()
+        shutil.rmtree(copy, ignore_errors=True)
+    return out
+
+
+def run_rq2(
+    settings: ExperimentSettings, out: Path, streams: int = 100, say: Say = print
+) -> dict[str, Any]:
+    """Run every RQ2 measurement; see the module docstring."""
+    from s3t.system.membership import membership_report
+
+    data = settings.dataset()
+    assert data.test is not None
+    m, L = settings.shards, settings.slices
+    budgets = budgets_for(L)
+    root = out / "workspaces"
+    shutil.rmtree(root, ignore_errors=True)
+    say(f"rq2: training m={m}, L={L}, B={L} on {len(data.train)} samples")
+    began = time.perf_counter()
+    trained = S3T.fit(root / "system", data, settings.config(m, L, L))
+    fit_seconds = time.perf_counter() - began
+    say("rq2: ordinary LoRA on all data (the full-retraining reference)")
+    began = time.perf_counter()
+    ordinary = S3T.fit(root / "ordinary", data, full_lora(settings, model_layers(settings.model)))
+    full_seconds = time.perf_counter() - began
+    ordinary_accuracy = ordinary.evaluate()["accuracy"]
+
+    replay_root = root / "replay"
+    shutil.copytree(root / "system", replay_root)
+    system = S3T.open(replay_root)
+    scorer = BudgetScorer(system, data.test)
+    stream = stream_of_deletions(
+        [s["id"] for s in system.samples()], settings.deletions, settings.seed
+    )
+    curve = accuracy_under_deletions(system, scorer, stream, settings.deletion_batch, budgets, say)
+    deleted = data.train.subset(stream)
+    kept = [sid for sid in data.train.ids if sid not in set(stream)]
+    rng = np.random.default_rng(settings.seed)
+    retained = data.train.subset(
+        [str(x) for x in rng.choice(kept, size=min(len(kept), len(data.test)), replace=False)]
+    )
+    mia = None
+    if system.status().live_shards:
+        mia = membership_report(system.server, deleted, retained, data.test)
+        say(
+            f"rq2: membership AUC deleted vs unseen {mia.deleted_vs_unseen:.3f}, retained vs unseen {mia.retained_vs_unseen:.3f}"
+        )
+
+    say(f"rq2: measuring δ with {streams} replayed deletion streams")
+    measured = measured_delta(
+        root / "system", root / "streams", budgets, streams, settings.seed + 1
+    )
+    sweep = budget_sweep(m, L, budgets, trials=4000, seed=settings.seed)
+    delta_rows = [
+        {
+            "budget": row.budget,
+            "measured_mean": round(float(np.mean(measured[row.budget])), 2),
+            "measured_ci95": round(
+                float(1.96 * np.std(measured[row.budget], ddof=1) / np.sqrt(streams)), 2
+            )
+            if streams > 1
+            else None,
+            "simulated": round(row.delta_mean, 2),
+            "theory": round(row.delta_theory or 0.0, 2),
+        }
+        for row in sweep.rows
+    ]
+    grid = _delta_grid(m, L, settings.seed)
+
+    forget_ms = [v for r in curve[1:] for v in [r["forget_ms_mean"]] if v is not None]
+    sisa_seconds = _sisa_seconds(trained, L)
+    storage = _storage(trained, m, L)
+
+    results = {
+        "settings": settings,
+        "shards": m,
+        "slices": L,
+        "budgets": budgets,
+        "fit_seconds": round(fit_seconds, 1),
+        "ordinary_lora_accuracy": round(ordinary_accuracy, 4),
+        "accuracy_vs_deletions": curve,
+        "delta": delta_rows,
+        "delta_grid": grid,
+        "deletion_time": {
+            "s3t_forget_ms": round(statistics.mean(forget_ms), 3) if forget_ms else None,
+            "sisa_retrain_s": round(statistics.mean(sisa_seconds), 2),
+            "full_retrain_s": round(full_seconds, 1),
+        },
+        "storage": storage,
+        "membership": mia,
+    }
+    _plots(out, results)
+    write_results(out, "rq2", results)
+    return results
+
+
+def _delta_grid(shards: int, slices: int, seed: int) -> dict[str, list[dict[str, float]]]:
+    by_m = []
+    for m in (1, 2, 5, 10):
+        for b in (1, slices):
+            r = simulate(m, cyclic(slices, b), trials=2000, seed=seed)
+            by_m.append(
+                {
+                    "shards": m,
+                    "budget": b,
+                    "simulated": round(r.mean, 2),
+                    "theory": round(theoretical_delta(m, slices, b), 2),
+                }
+            )
+    by_l = []
+    for L in (2, 3, 4, 6):
+        for b in (1, L):
+            r = simulate(shards, cyclic(L, b), trials=2000, seed=seed)
+            by_l.append(
+                {
+                    "slices": L,
+                    "budget": b,
+                    "simulated": round(r.mean, 2),
+                    "theory": round(theoretical_delta(shards, L, b), 2),
+                }
+            )
+    return {"vs_shards": by_m, "vs_slices": by_l}
+
+
+def _sisa_seconds(system: S3T, slices: int) -> list[float]:
+    """SISA answers a hit at position j by retraining its sequence from stage j on: the
+    sum of the recorded training times of those stages (sequence 0 of shard 0), per j."""
+    registry = system.workspace.registry()
+    row = registry.sequences(0)[0]
+    stage_seconds = [registry.artifact(a).metrics.get("seconds", 0.0) for a in row.positions]
+    return [float(sum(stage_seconds[j:])) for j in range(slices)]
+
+
+def _storage(system: S3T, shards: int, slices: int) -> dict[str, Any]:
+    artifacts = system.workspace.registry().artifacts()
+    stage_bytes = statistics.mean(a.bytes for a in artifacts)
+    model = system.server.engine.model
+    # a SISA checkpoint is the whole fine-tuned model (our injected LoRA excluded)
+    model_bytes = sum(
+        p.numel() * p.element_size() for n, p in model.named_parameters() if "lora_" not in n
+    )
+    s3t = [
+        {
+            "budget": b,
+            "delta": round(theoretical_delta(shards, slices, b), 2),
+            "bytes": int(shards * b * slices * stage_bytes),
+        }
+        for b in range(1, slices + 1)
+    ]
+    sisa = [
+        {
+            "shards": m,
+            "delta": round(m * slices * harmonic(m), 2),
+            "bytes": int(m * slices * model_bytes),
+        }
+        for m in (1, 2, 3, 5, 8, 10, 15, 20)
+    ]
+    return {
+        "stage_artifact_bytes": int(stage_bytes),
+        "model_checkpoint_bytes": int(model_bytes),
+        "s3t": s3t,
+        "sisa": sisa,
+    }
+
+
+def _plots(out: Path, r: dict[str, Any]) -> None:
+    curve = r["accuracy_vs_deletions"]
+    series = {}
+    for b in r["budgets"]:
+        pts = [(row["deletions"], row["budgets"][b]["accuracy"]) for row in curve]
+        xs = [x for x, y in pts if y is not None]
+        series[f"B = {b}" + (" (SISA)" if b == 1 else "")] = (
+            xs,
+            [y for _, y in pts if y is not None],
+        )
+    last = curve[-1]["deletions"] if curve else 0
+    series["ordinary LoRA, no deletions"] = ([0, last], [r["ordinary_lora_accuracy"]] * 2)
+    plot_lines(
+        out / "rq2_accuracy_vs_deletions.png",
+        series,
+        "deletion requests served",
+        "test accuracy",
+        f"Accuracy under deletions (m={r['shards']}, L={r['slices']})",
+    )
+    plot_lines(
+        out / "rq2_delta_vs_budget.png",
+        {
+            "measured (replayed forget streams)": (
+                [d["budget"] for d in r["delta"]],
+                [d["measured_mean"] for d in r["delta"]],
+            ),
+            "simulated": ([d["budget"] for d in r["delta"]], [d["simulated"] for d in r["delta"]]),
+            "theory m·L·H(m·min(B,L))": (
+                [d["budget"] for d in r["delta"]],
+                [d["theory"] for d in r["delta"]],
+            ),
+        },
+        "budget B",
+        "deletions before service failure δ",
+        "Deletion rate vs budget",
+    )
+    times = r["deletion_time"]
+    plot_bars(
+        out / "rq2_deletion_time.png",
+        ["S3T forget", "SISA: retrain hit sequence", "full retraining"],
+        [(times["s3t_forget_ms"] or 0.0) / 1000, times["sisa_retrain_s"], times["full_retrain_s"]],
+        "seconds per deletion request (log)",
+        "Time to honour one deletion",
+        logy=True,
+    )
+    plot_lines(
+        out / "rq2_storage_vs_delta.png",
+        {
+            "S3T (LoRA stage artifacts), B = 1..L": (
+                [s["delta"] for s in r["storage"]["s3t"]],
+                [s["bytes"] / 2**20 for s in r["storage"]["s3t"]],
+            ),
+            "SISA (full-model slice checkpoints), m = 1..20": (
+                [s["delta"] for s in r["storage"]["sisa"]],
+                [s["bytes"] / 2**20 for s in r["storage"]["sisa"]],
+            ),
+        },
+        "expected deletions before failure δ",
+        "storage (MiB)",
+        "Storage vs deletion rate",
+        logy=True,
+    )

@@ -1,0 +1,52 @@
+"""Training on Ray gives the same artifacts, bit for bit, as training locally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import assert_same_state, toy_dataset
+
+from s3t.system.api import S3T
+from s3t.system.config import S3TConfig
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def executor():  # type: ignore[no-untyped-def]
+    from s3t.system.distributed import RayExecutor
+
+    yield RayExecutor(num_cpus=2)
+    ray.shutdown()
+
+
+def test_ray_training_equals_local_training(
+    tmp_path: Path, trained_template: Path, toy_config: S3TConfig, executor
+) -> None:  # type: ignore[no-untyped-def]
+    system = S3T.fit(tmp_path / "ray", toy_dataset(), toy_config, executor=executor)
+    local = S3T.open(trained_template)
+    ours = system.workspace.registry().sequences()
+    theirs = local.workspace.registry().sequences()
+    assert [r.depth for r in ours] == [3] * len(ours)
+    for a, b in zip(ours, theirs, strict=True):
+        for x, y in zip(a.positions, b.positions, strict=True):
+            for part_a, part_b in zip(
+                system.server.tensors(x), local.server.tensors(y), strict=True
+            ):
+                assert_same_state(part_a, part_b)
+    assert system.verify().ok
+
+
+def test_ray_retraining_after_deletions(
+    tmp_path: Path, trained_template: Path, toy_config: S3TConfig, executor
+) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    shutil.copytree(trained_template, tmp_path / "ws")
+    system = S3T.open(tmp_path / "ws")
+    system.forget([system.samples(0)[0]["id"], system.samples(1)[3]["id"]])
+    outcomes = system.retrain(executor=executor)
+    assert outcomes and {o.status for o in outcomes} <= {"trained", "reused"}
+    assert all(r.depth == 3 for r in system.workspace.registry().sequences())
+    assert system.verify().ok
