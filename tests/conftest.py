@@ -1,4 +1,5 @@
-"""Shared test set-up: offline Hugging Face, quiet logs, a deterministic torch."""
+"""Shared test set-up: offline Hugging Face, tiny models built in code, and a small trained
+workspace that system, CLI and service tests copy."""
 
 import os
 
@@ -7,6 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,11 +16,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import (
-    save_tiny_causal_lm,
-    save_tiny_text_model,
-    save_tiny_vit,
-)
+from helpers import toy_dataset
+from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
+from s3t.system.api import S3T
+from s3t.system.config import LayoutSettings, S3TConfig
+from tiny import save_tiny_causal_lm, save_tiny_text_model, save_tiny_vit
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +57,28 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-layer tiny GPT-2."""
     return save_tiny_causal_lm(tmp_path_factory.mktemp("gpt2"), "gpt2", layers=3)
+
+
+@pytest.fixture(scope="session")
+def toy_config(tiny_bert: Path) -> S3TConfig:
+    return S3TConfig(
+        model=ModelSpec(str(tiny_bert), num_labels=2),
+        layout=LayoutSettings(shards=2, slices=3, budget=3, seed=2),
+        lora=LoraSettings(rank=2),
+        train=TrainSettings(lr=5e-3, epochs=1, batch_size=16),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory, toy_config: S3TConfig) -> Path:
+    root = tmp_path_factory.mktemp("template") / "ws"
+    S3T.fit(root, toy_dataset(), toy_config)
+    return root
+
+
+@pytest.fixture
+def trained(tmp_path: Path, trained_template: Path) -> Path:
+    """A fresh copy of a trained 2-shard, 3-slice, 3-sequence workspace."""
+    root = tmp_path / "ws"
+    shutil.copytree(trained_template, root)
+    return root

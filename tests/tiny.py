@@ -9,21 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORDS = [
-    "good",
-    "great",
-    "fine",
-    "love",
-    "best",
-    "fun",
-    "superb",
-    "bad",
-    "awful",
-    "poor",
-    "hate",
-    "worst",
-    "dull",
-    "boring",
+POSITIVE = ["good", "great", "fine", "love", "best", "fun", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "hate", "worst", "dull", "boring"]
+FILLER = [
     "the",
     "a",
     "film",
@@ -34,14 +22,13 @@ WORDS = [
     "is",
     "was",
     "very",
-    "not",
     "and",
-    "but",
     "it",
     "of",
     "this",
     "that",
 ]
+WORDS = [*POSITIVE, *NEGATIVE, *FILLER, "not", "but"]
 
 
 def word_tokenizer(extra: list[str] | None = None):  # type: ignore[no-untyped-def]
@@ -167,25 +154,7 @@ def save_tiny_causal_lm(path: Path, kind: str = "llama", layers: int = 3) -> Pat
 def sentiment_texts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Short synthetic reviews whose label is learnable from their words."""
     rng = np.random.default_rng(seed)
-    pos = ["good", "great", "fine", "love", "best", "fun", "superb"]
-    neg = ["bad", "awful", "poor", "hate", "worst", "dull", "boring"]
-    filler = [
-        "the",
-        "a",
-        "film",
-        "movie",
-        "plot",
-        "actor",
-        "story",
-        "is",
-        "was",
-        "very",
-        "and",
-        "it",
-        "of",
-        "this",
-        "that",
-    ]
+    pos, neg, filler = POSITIVE, NEGATIVE, FILLER
     texts, labels = [], []
     for _ in range(n):
         label = int(rng.integers(2))

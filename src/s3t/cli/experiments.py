@@ -31,7 +31,8 @@ MODEL = typer.Option(None, help="Model (default builtin:minilm).")
 DATA = typer.Option(None, help="Data source (default builtin:rotten_tomatoes).")
 LIMIT = typer.Option(None, help="Training samples (seeded sample).")
 EPOCHS = typer.Option(None, help="Epochs per stage.")
-LR = typer.Option(None, help="Learning rate.")
+LR = typer.Option(None, help="S3T stage learning rate (default 2e-3).")
+BASELINE_LR = typer.Option(None, help="Ordinary LoRA's learning rate (default 1e-3).")
 SHARDS = typer.Option(None, "--shards", "-m", help="Shards m.")
 SLICES = typer.Option(None, "--slices", "-L", help="Slices L.")
 
@@ -67,7 +68,7 @@ def demo(
     with progress_bar(enabled=not as_json) as update:
         results = run_demo(settings, workspace, say=_say(as_json), on_event=stage_progress(update))
     if as_json:
-        print_json(_plain(results))
+        print_json(results)
 
 
 def experiment(
@@ -78,7 +79,8 @@ def experiment(
     limit: int | None = LIMIT,
     epochs: int | None = EPOCHS,
     lr: float | None = LR,
-    batch_size: int | None = typer.Option(None, help="Batch size."),
+    baseline_lr: float | None = BASELINE_LR,
+    batch_size: int | None = typer.Option(None, help="Batch size (default 16)."),
     rank: int | None = typer.Option(None, help="LoRA rank."),
     shards: int | None = SHARDS,
     slices: int | None = SLICES,
@@ -97,6 +99,7 @@ def experiment(
         limit=limit,
         epochs=epochs,
         lr=lr,
+        baseline_lr=baseline_lr,
         batch_size=batch_size,
         rank=rank,
         shards=shards,
@@ -134,7 +137,7 @@ def experiment(
             say=say,
         )
     if as_json:
-        print_json(_plain(results))
+        print_json(results)
     else:
         console.print(f"results and plots in {folder}")
 
@@ -145,11 +148,3 @@ def _say(quiet: bool) -> Any:
         if quiet
         else (lambda line: console.print(line, highlight=False, markup=False))
     )
-
-
-def _plain(value: Any) -> Any:
-    import json
-
-    from s3t.experiments.common import _json_default
-
-    return json.loads(json.dumps(value, default=_json_default))

@@ -4,7 +4,6 @@ way to turn an :class:`~s3t.errors.S3TError` into a message and an exit status."
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -22,25 +21,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from s3t.core.jsonable import jsonable
+
 console = Console()
 err_console = Console(stderr=True)
 
 
 def print_json(data: Any) -> None:
     """Write ``data`` as JSON on stdout (NaN becomes null)."""
-    typer.echo(json.dumps(_clean(data), indent=2, sort_keys=False))
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _clean(value.item())
-    return value
+    typer.echo(json.dumps(jsonable(data), indent=2))
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -28,28 +28,43 @@ from s3t.errors import ConfigError
 State = dict[str, torch.Tensor]
 
 
+def peft_config(
+    lora: LoraSettings,
+    backbone: Backbone,
+    layers: Sequence[int],
+    modules_to_save: Sequence[str] | None = None,
+) -> Any:
+    """Return the peft ``LoraConfig`` for LoRA on ``layers`` of a backbone (layers matched by
+    index within the layer stack), optionally saving whole modules (a head) with it."""
+    from peft import LoraConfig
+
+    anatomy = backbone.anatomy
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha_for(anatomy.family),  # type: ignore[arg-type]
+        lora_dropout=lora.dropout,
+        use_rslora=lora.rslora,
+        target_modules=list(lora.targets or anatomy.targets),
+        layers_to_transform=list(layers),
+        layers_pattern=anatomy.layers_attr,
+        fan_in_fan_out=_uses_conv1d(backbone.model),
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+        base_model_name_or_path=backbone.spec.name_or_path,
+    )
+
+
 class BlockModel:
     """One backbone with LoRA on every block's layers, plus its task head."""
 
     def __init__(self, backbone: Backbone, lora: LoraSettings, slices: int) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import inject_adapter_in_model
 
         self.backbone = backbone
         self.lora = lora
         anatomy = backbone.anatomy
         self.family = anatomy.family
         self.blocks = block_layers(anatomy.num_layers, slices, lora.layers_per_slice, lora.order)
-        layers_to_transform = sorted(i for block in self.blocks for i in block)
-        config = LoraConfig(
-            r=lora.rank,
-            lora_alpha=lora.alpha_for(self.family),  # type: ignore[arg-type]
-            lora_dropout=lora.dropout,
-            use_rslora=lora.rslora,
-            target_modules=list(lora.targets or anatomy.targets),
-            layers_to_transform=layers_to_transform,
-            layers_pattern=anatomy.layers_attr,
-            fan_in_fan_out=_uses_conv1d(backbone.model),
-        )
+        config = peft_config(lora, backbone, sorted(i for block in self.blocks for i in block))
         self.lora_config = config
         self.model = inject_adapter_in_model(config, backbone.model)
         self.model.requires_grad_(False)

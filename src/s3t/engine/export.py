@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from s3t.engine.blocks import BlockModel, State
+from s3t.engine.blocks import BlockModel, State, peft_config
 from s3t.engine.loading import load_backbone
 from s3t.errors import ConfigError
 
@@ -28,7 +28,7 @@ def export_adapter(
     seed: int = 0,
 ) -> Path:
     """Write the model of depth len(blocks) (blocks 1..d, head d) to ``out_dir``."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if not blocks:
         raise ConfigError("a depth-0 model has nothing to export")
@@ -36,18 +36,8 @@ def export_adapter(
     out.mkdir(parents=True, exist_ok=True)
     spec = engine.backbone.spec
     fresh = load_backbone(spec, seed=seed)
-    base_config = engine.lora_config
-    config = LoraConfig(
-        r=base_config.r,
-        lora_alpha=base_config.lora_alpha,
-        lora_dropout=base_config.lora_dropout,
-        use_rslora=base_config.use_rslora,
-        target_modules=base_config.target_modules,
-        layers_to_transform=engine.active_layers(len(blocks)),
-        layers_pattern=base_config.layers_pattern,
-        fan_in_fan_out=base_config.fan_in_fan_out,
-        modules_to_save=list(engine.backbone.anatomy.head) or None,
-        base_model_name_or_path=spec.name_or_path,
+    config = peft_config(
+        engine.lora, fresh, engine.active_layers(len(blocks)), engine.backbone.anatomy.head
     )
     model = get_peft_model(fresh.model, config)
     params = dict(model.named_parameters())

@@ -272,7 +272,9 @@ def _write_report(out: Path, r: dict[str, Any], sweep: Any) -> None:
 
 Model `{s.model}`, data `{s.data}`: {r["train_samples"]} training samples, {r["test_samples"]} held-out
 test samples (the fixed test split; never used for training or model selection).
-LoRA rank {s.rank}, {s.epochs} epoch(s) per stage, lr {s.lr}, batch {s.batch_size}.
+LoRA rank {s.rank}, {s.epochs} epoch(s) per stage, batch {s.batch_size}; learning rate {s.lr} for S3T
+stages and {s.baseline_lr} for ordinary LoRA (each the best of a sweep on a validation split of
+the training data; see README).
 Machine: 2 CPU cores. Command: `make demo` (= `s3t demo`).
 
 ## Accuracy on the same held-out split

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from s3t.data.examples import Examples
+from s3t.engine.blocks import peft_config
 from s3t.engine.loading import load_backbone
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings, block_layers
 
@@ -68,23 +69,14 @@ def train_with_trainer(
     seed: int = 0,
 ) -> BaselineResult:
     """Train one S3T sequence stage by stage with ``transformers.Trainer``."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
     backbone = load_backbone(spec, seed=seed)
     anatomy = backbone.anatomy
     slices = len(sequence)
     blocks = block_layers(anatomy.num_layers, slices, lora.layers_per_slice, lora.order)
-    config = LoraConfig(
-        r=lora.rank,
-        lora_alpha=lora.alpha_for(anatomy.family),  # type: ignore[arg-type]
-        lora_dropout=lora.dropout,
-        use_rslora=lora.rslora,
-        target_modules=list(lora.targets or anatomy.targets),
-        layers_to_transform=sorted(i for b in blocks for i in b),
-        layers_pattern=anatomy.layers_attr,
-        modules_to_save=list(anatomy.head),
-    )
+    config = peft_config(lora, backbone, sorted(i for b in blocks for i in b), anatomy.head)
     model = get_peft_model(backbone.model, config)
     tokenizer: Any = backbone.tokenizer
     encoded = dict(

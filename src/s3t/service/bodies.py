@@ -8,13 +8,13 @@ errors the service maps to status codes."""
 from __future__ import annotations
 
 import json
-import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from s3t.core.jsonable import jsonable
 from s3t.data.images import stack_images
 from s3t.errors import InvalidRequestError
 
@@ -87,18 +87,8 @@ class S3TJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         """Encode ``content`` compactly as UTF-8 JSON."""
         return json.dumps(
-            _finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            jsonable(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")
         ).encode("utf-8")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def image_array(inputs: list[Any]) -> np.ndarray:
