@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_state, logits_of, scratch_stages, toy_dataset
 
+from helpers import assert_same_state, logits_of, scratch_stages, toy_dataset
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
 from s3t.system.api import S3T
 from s3t.system.config import LayoutSettings, S3TConfig

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import toy_dataset
 
+from helpers import toy_dataset
 from s3t.data import load_dataset
 from s3t.data.examples import Dataset
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings

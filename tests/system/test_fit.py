@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import toy_dataset
 
+from helpers import toy_dataset
 from s3t.errors import ConfigError, WorkspaceError
 from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
@@ -86,3 +86,19 @@ def test_config_files_round_trip(tmp_path: Path, toy_config: S3TConfig) -> None:
     toml.write_text('[model]\nname_or_path = "x"\n[layout]\nshards = 3\nslicez = 2\n')
     with pytest.raises(ConfigError, match=r"unknown layout setting.*slicez"):
         S3TConfig.from_file(toml)
+
+
+def test_resuming_needs_the_same_data_and_never_brings_deleted_samples_back(
+    trained: Path, toy_config: S3TConfig
+) -> None:
+    system = S3T.open(trained)
+    victim = system.samples(0)[0]["id"]
+    system.forget([victim])
+    with pytest.raises(WorkspaceError, match="holds 120 samples but the data given has 100"):
+        S3T.fit(trained, toy_dataset(100), toy_config)
+    again = S3T.fit(trained, toy_dataset(), toy_config)  # the original data, victim included
+    assert victim not in {s["id"] for s in again.samples()}
+    for row in again.workspace.registry().sequences():
+        for artifact in row.active():
+            assert victim not in again.workspace.registry().lineage(artifact)
+    assert again.verify().ok

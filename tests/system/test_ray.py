@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import assert_same_state, toy_dataset
 
+from helpers import assert_same_state, toy_dataset
 from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
 

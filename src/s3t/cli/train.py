@@ -209,6 +209,7 @@ def training_summary(system: Any) -> dict[str, Any]:
         stages.append(
             {
                 "shard": record.shard,
+                "sequence": min(users[record.id]),
                 "sequences": sorted(users[record.id]),
                 "stage": record.stage,
                 "slices": list(record.prefix),

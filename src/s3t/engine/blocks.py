@@ -49,7 +49,6 @@ def peft_config(
         layers_pattern=anatomy.layers_attr,
         fan_in_fan_out=_uses_conv1d(backbone.model),
         modules_to_save=list(modules_to_save) if modules_to_save else None,
-        base_model_name_or_path=backbone.spec.name_or_path,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from s3t.engine.blocks import BlockModel, State, peft_config
-from s3t.engine.loading import load_backbone
+from s3t.engine.loading import load_backbone, resolve_model_path
 from s3t.errors import ConfigError
 
 
@@ -39,6 +39,7 @@ def export_adapter(
     config = peft_config(
         engine.lora, fresh, engine.active_layers(len(blocks)), engine.backbone.anatomy.head
     )
+    config.base_model_name_or_path = resolve_model_path(spec.name_or_path)
     model = get_peft_model(fresh.model, config)
     params = dict(model.named_parameters())
     wanted: dict[str, torch.Tensor] = {}

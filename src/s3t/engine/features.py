@@ -152,7 +152,7 @@ class FeatureStore:
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
         config = self._backbone.model.config
-        x = torch.as_tensor(images)
+        x = torch.tensor(np.asarray(images))  # a copy: stored images may be read-only
         if x.ndim == 3:
             x = x.unsqueeze(-1)
         if x.ndim != 4:

@@ -32,7 +32,7 @@ from s3t.experiments.common import (
     write_results,
 )
 from s3t.experiments.rq2 import accuracy_under_deletions, budgets_for
-from s3t.report.plots import plot_bars, plot_lines, plot_simulation
+from s3t.report.plots import plot_deletion_curves, plot_lines, plot_simulation
 from s3t.system.api import S3T
 
 #: measured on 2 CPU cores for MiniLM: samples/s when training the lowest (slowest) block
@@ -212,26 +212,10 @@ def _write_report(out: Path, r: dict[str, Any], sweep: Any) -> None:
     s = r["settings"]
     curve = r["accuracy_vs_deletions"]
     budgets = sorted(curve[0]["budgets"])
-    series = {
-        f"B = {b}" + (" (SISA)" if b == 1 else "") + (" (S3T, B = L)" if b == s.slices else ""): (
-            [row["deletions"] for row in curve if row["budgets"][b]["accuracy"] is not None],
-            [
-                row["budgets"][b]["accuracy"]
-                for row in curve
-                if row["budgets"][b]["accuracy"] is not None
-            ],
-        )
-        for b in budgets
-    }
-    series["ordinary LoRA (no unlearning)"] = (
-        [0, curve[-1]["deletions"]],
-        [r["accuracy"]["ordinary-lora"]] * 2,
-    )
-    plot_lines(
+    plot_deletion_curves(
         out / "accuracy_vs_deletions.png",
-        series,
-        "deletion requests served",
-        "test accuracy",
+        curve,
+        r["accuracy"]["ordinary-lora"],
         f"Accuracy under deletions (m={s.shards}, L={s.slices})",
     )
     plot_simulation(
@@ -245,12 +229,18 @@ def _write_report(out: Path, r: dict[str, Any], sweep: Any) -> None:
         f"Deletion rate, m={s.shards}, L={s.slices}: simulated vs theory",
     )
     stages = r["stage_seconds"]
-    plot_bars(
+    plot_lines(
         out / "training_time_per_stage.png",
-        [f"k{x['shard']} s{x['sequence']} i{x['stage']}" for x in stages],
-        [x["seconds"] or 0.0 for x in stages],
+        {
+            f"shard {k}, sequence {q}": (
+                [x["stage"] for x in stages if (x["shard"], x["sequence"]) == (k, q)],
+                [x["seconds"] or 0.0 for x in stages if (x["shard"], x["sequence"]) == (k, q)],
+            )
+            for k, q in sorted({(x["shard"], x["sequence"]) for x in stages})
+        },
+        "stage (block trained; its data is slices 1..stage of the sequence)",
         "seconds",
-        "Training time per stage (shard k, sequence s, stage i)",
+        "Training time per stage",
     )
     acc = r["accuracy"]
     cost = 100 * (acc["system"] - acc["one-sequence"])

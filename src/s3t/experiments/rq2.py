@@ -31,7 +31,7 @@ from s3t.experiments.common import (
     stream_of_deletions,
     write_results,
 )
-from s3t.report.plots import plot_bars, plot_lines
+from s3t.report.plots import plot_bars, plot_deletion_curves, plot_lines
 from s3t.system.api import S3T
 from s3t.system.registry import DB_NAME
 
@@ -134,8 +134,6 @@ def run_rq2(
     settings: ExperimentSettings, out: Path, streams: int = 100, say: Say = print
 ) -> dict[str, Any]:
     """Run every RQ2 measurement; see the module docstring."""
-    from s3t.system.membership import membership_report
-
     data = settings.dataset()
     assert data.test is not None
     m, L = settings.shards, settings.slices
@@ -160,18 +158,7 @@ def run_rq2(
         [s["id"] for s in system.samples()], settings.deletions, settings.seed
     )
     curve = accuracy_under_deletions(system, scorer, stream, settings.deletion_batch, budgets, say)
-    deleted = data.train.subset(stream)
-    kept = [sid for sid in data.train.ids if sid not in set(stream)]
-    rng = np.random.default_rng(settings.seed)
-    retained = data.train.subset(
-        [str(x) for x in rng.choice(kept, size=min(len(kept), len(data.test)), replace=False)]
-    )
-    mia = None
-    if system.status().live_shards:
-        mia = membership_report(system.server, deleted, retained, data.test)
-        say(
-            f"rq2: membership AUC deleted vs unseen {mia.deleted_vs_unseen:.3f}, retained vs unseen {mia.retained_vs_unseen:.3f}"
-        )
+    mia = _membership(root, data, say)
 
     say(f"rq2: measuring δ with {streams} replayed deletion streams")
     measured = measured_delta(
@@ -249,6 +236,42 @@ def _delta_grid(shards: int, slices: int, seed: int) -> dict[str, list[dict[str,
     return {"vs_shards": by_m, "vs_slices": by_l}
 
 
+def _membership(root: Path, data: Any, say: Say) -> dict[str, Any]:
+    """Loss-threshold membership inference around one deletion request: a user's samples
+    (here: up to 60 from the last slice of shard 0's first sequence) are attacked before
+    and after they are forgotten, next to never-seen test samples and retained samples."""
+    from s3t.system.membership import membership_report
+
+    copy = root / "membership"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root / "system", copy)
+    system = S3T.open(copy)
+    row = system.workspace.registry().sequences(0)[0]
+    in_slice = [s["id"] for s in system.samples(0) if s["slice"] == row.perm[-1]]
+    victims = in_slice[:60]
+    others = [s["id"] for s in system.samples(0) if s["slice"] == row.perm[0]][: len(data.test)]
+    before = membership_report(
+        system.server, data.train.subset(victims), data.train.subset(others), data.test
+    )
+    system.forget(victims)
+    after = membership_report(
+        system.server, data.train.subset(victims), data.train.subset(others), data.test
+    )
+    say(
+        f"rq2: membership attack AUC on {len(victims)} forgotten samples vs never-seen: "
+        f"{before.deleted_vs_unseen:.3f} before, {after.deleted_vs_unseen:.3f} after the deletion "
+        f"(retained samples: {after.retained_vs_unseen:.3f})"
+    )
+    shutil.rmtree(copy, ignore_errors=True)
+    return {
+        "forgotten": len(victims),
+        "auc_forgotten_before": round(before.deleted_vs_unseen, 4),
+        "auc_forgotten_after": round(after.deleted_vs_unseen, 4),
+        "auc_retained_after": round(after.retained_vs_unseen, 4),
+        "unseen": len(data.test),
+    }
+
+
 def _sisa_seconds(system: S3T, slices: int) -> list[float]:
     """SISA answers a hit at position j by retraining its sequence from stage j on: the
     sum of the recorded training times of those stages (sequence 0 of shard 0), per j."""
@@ -291,22 +314,10 @@ def _storage(system: S3T, shards: int, slices: int) -> dict[str, Any]:
 
 
 def _plots(out: Path, r: dict[str, Any]) -> None:
-    curve = r["accuracy_vs_deletions"]
-    series = {}
-    for b in r["budgets"]:
-        pts = [(row["deletions"], row["budgets"][b]["accuracy"]) for row in curve]
-        xs = [x for x, y in pts if y is not None]
-        series[f"B = {b}" + (" (SISA)" if b == 1 else "")] = (
-            xs,
-            [y for _, y in pts if y is not None],
-        )
-    last = curve[-1]["deletions"] if curve else 0
-    series["ordinary LoRA, no deletions"] = ([0, last], [r["ordinary_lora_accuracy"]] * 2)
-    plot_lines(
+    plot_deletion_curves(
         out / "rq2_accuracy_vs_deletions.png",
-        series,
-        "deletion requests served",
-        "test accuracy",
+        r["accuracy_vs_deletions"],
+        r["ordinary_lora_accuracy"],
         f"Accuracy under deletions (m={r['shards']}, L={r['slices']})",
     )
     plot_lines(

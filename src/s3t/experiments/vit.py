@@ -29,14 +29,17 @@ def pretrain_vit(
 ) -> dict[str, Any]:
     """Train a ViT (patch 4, ``layers`` layers of width ``hidden``) on the last ``samples``
     training images of ``data`` and save it as a Hugging Face checkpoint in ``out``."""
+    import transformers
     from transformers import ViTConfig, ViTForImageClassification
+
+    transformers.utils.logging.disable_progress_bar()
 
     dataset = load_dataset(data)
     train = dataset.train
     if train.image is None or train.labels is None:
         raise ValueError(f"{data} holds no labelled images")
     rows = np.arange(len(train))[-samples:]
-    images = torch.as_tensor(train.image[rows]).float().div(255.0).sub(0.5).div(0.5)
+    images = torch.tensor(np.asarray(train.image)[rows]).float().div(255.0).sub(0.5).div(0.5)
     if images.ndim == 3:
         images = images.unsqueeze(1)
     labels = torch.as_tensor(np.asarray(train.labels)[rows])
@@ -73,7 +76,7 @@ def pretrain_vit(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         say(f"pretrain-vit: epoch {epoch + 1}/{epochs}, loss {total / len(rows):.4f}")
     model.eval()
     accuracy = _accuracy(model, dataset.test)
@@ -98,7 +101,7 @@ def pretrain_vit(
 def _accuracy(model: Any, test: Any) -> float | None:
     if test is None or test.image is None:
         return None
-    images = torch.as_tensor(test.image).float().div(255.0).sub(0.5).div(0.5)
+    images = torch.tensor(np.asarray(test.image)).float().div(255.0).sub(0.5).div(0.5)
     if images.ndim == 3:
         images = images.unsqueeze(1)
     predictions = torch.cat(

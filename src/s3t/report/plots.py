@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +98,37 @@ def _save(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
     fig.savefig(out, dpi=110)
     _pyplot().close(fig)
     return out
+
+
+def plot_deletion_curves(
+    path: str | Path,
+    curve: Sequence[Mapping[str, Any]],
+    reference: float | None,
+    title: str,
+) -> Path:
+    """Two panels from a deletion replay (rows with ``deletions`` and per-budget
+    ``accuracy``/``live_shards``): test accuracy of each budget while it still serves, and
+    its live shards, so a budget whose service failed is visible where its accuracy ends."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    budgets = sorted(curve[0]["budgets"])
+    xs = [row["deletions"] for row in curve]
+    for b in budgets:
+        label = f"B = {b}" + (" (SISA)" if b == 1 else "")
+        points = [(x, row["budgets"][b]["accuracy"]) for x, row in zip(xs, curve, strict=True)]
+        alive = [(x, y) for x, y in points if y is not None]
+        if alive:
+            left.plot(*zip(*alive, strict=True), "o-", label=label, markersize=4)
+        right.step(
+            xs, [row["budgets"][b]["live_shards"] for row in curve], where="post", label=label
+        )
+    if reference is not None:
+        left.axhline(reference, color="grey", ls=":", label="ordinary LoRA (no unlearning)")
+    left.set(xlabel="deletion requests served", ylabel="test accuracy (while serving)")
+    right.set(xlabel="deletion requests served", ylabel="live shards")
+    right.yaxis.get_major_locator().set_params(integer=True)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)

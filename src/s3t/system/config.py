@@ -29,8 +29,8 @@ class LayoutSettings:
     """
 
     shards: int = 1
-    slices: int = 4
-    budget: int = 1
+    slices: int = 3
+    budget: int = 3
     method: str = "cyclic"
     bms_t: float = DEFAULT_T
     stratify: bool = True

@@ -125,7 +125,8 @@ def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
                 "truncated": [[t.shard, t.seq, t.depth_before, t.depth_after] for t in truncations],
             },
         )
-    remove_purged_files(workspace, registry)
+    for artifact in purged:  # erase what the deleted samples trained; open() sweeps leftovers
+        workspace.artifact_path(artifact).unlink(missing_ok=True)
     return receipt
 
 

@@ -89,6 +89,13 @@ class Workspace:
                     f"workspace {root} already holds a system with another configuration; "
                     "choose another --workspace or delete this one"
                 )
+            held = {r[0] for r in existing.registry().db.execute("SELECT id FROM samples")}
+            if held != set(dataset.train.ids):
+                raise WorkspaceError(
+                    f"workspace {root} holds {len(held)} samples but the data given has "
+                    f"{len(dataset.train)} (or other ids); resume with the same data, or "
+                    "choose another --workspace. Deleted samples stay deleted."
+                )
             return existing
         train = dataset.train
         _check_labels(config, train)
