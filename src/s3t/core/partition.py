@@ -204,7 +204,9 @@ def partition(
             f"smallest shard, fewer than the {slices} slices requested; use fewer shards or "
             "slices, or more data"
         )
-    label_of = {k: str(lab) for k, lab in zip(keys, labels, strict=True)} if labels else {}
+    label_of = (
+        {k: str(lab) for k, lab in zip(keys, labels, strict=True)} if labels is not None else {}
+    )
     risk_of = dict(zip(keys, scores.tolist(), strict=True)) if scores is not None else {}
 
     def order(group: Iterable[SampleId], by_risk: bool) -> list[SampleId]:

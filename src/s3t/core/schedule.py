@@ -49,6 +49,20 @@ def plan_stages(shard: int, sequences: Sequence[Perm], depths: Sequence[int]) ->
     return [StageKey(shard, prefix) for prefix in sorted(needed)]
 
 
+def next_stage(shard: int, sequences: Sequence[Perm], depths: Sequence[int]) -> StageKey | None:
+    """Return the stage to train next for a shard: the next stage of the sequence closest to
+    full depth (the lowest-numbered one among equals), so that the shard's served depth is
+    restored as early as possible; ``None`` when every sequence is at full depth."""
+    best: tuple[int, int] | None = None
+    for b, (seq, depth) in enumerate(zip(sequences, depths, strict=True)):
+        if depth < len(seq) and (best is None or depth > best[0]):
+            best = (depth, b)
+    if best is None:
+        return None
+    depth, b = best
+    return StageKey(shard, tuple(sequences[b][: depth + 1]))
+
+
 def stage_seed(seed: int, key: StageKey) -> int:
     """Return the training seed of a stage (63 bits), from (seed, shard, prefix) only."""
     text = f"{seed}|{key.shard}|{','.join(map(str, key.prefix))}"

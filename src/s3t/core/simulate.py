@@ -208,6 +208,15 @@ def _first_hits(
     else:
         needed[:] = True  # failure needs each shard hit once; checked below
     needed_flat = needed.ravel()
+    reachable = cells.ravel() > 0
+    if mode == "s3t" and not np.all(reachable[needed_flat]):
+        never = [divmod(int(c), slices) for c in np.flatnonzero(needed_flat & ~reachable)]
+        raise ConfigError(
+            f"the prior never deletes from (shard, slice) {never[:5]}, the first slice of a "
+            "sequence: that shard never fails and δ is infinite; give every first slice p > 0"
+        )
+    if mode == "sisa-retrain" and not np.all(reachable.reshape(shards, slices).any(axis=1)):
+        raise ConfigError("the prior never deletes from some shard: δ is infinite")
     pending = np.arange(trials)
     offset = 0
     chunk = max(64, int(2 * n * (np.log(n) + 1)))

@@ -139,9 +139,12 @@ class FeatureStore:
         answers = tokenizer(list(response), add_special_tokens=False)["input_ids"]
         self._lm_labels = []
         for p, a in zip(prompts, answers, strict=True):
-            answer = a + ([eos] if eos is not None else [])
-            ids = (p + answer)[:limit]
-            labels = ([IGNORE_INDEX] * len(p) + answer)[:limit]
+            # keep the response (at least one token of it) and the end of the prompt, which
+            # holds "### Response:"; generation truncates prompts from the left the same way
+            answer = (a + ([eos] if eos is not None else []))[: max(1, limit // 2)]
+            prompt = p[-(limit - len(answer)) :]
+            ids = prompt + answer
+            labels = [IGNORE_INDEX] * len(prompt) + answer
             self._tokens.append(torch.tensor(ids, dtype=torch.int64))
             self._lm_labels.append(torch.tensor(labels, dtype=torch.int64))
 

@@ -9,6 +9,7 @@ same stage trained twice, here or in another process, gives bit-identical tensor
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from s3t.engine.blocks import BlockModel, State
 from s3t.engine.cache import ActivationCache
 from s3t.engine.features import IGNORE_INDEX, FeatureStore, plan_batches
 from s3t.engine.settings import Family, TrainSettings
-from s3t.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+_TRAINING = threading.Lock()
 
 #: progress(done_steps, total_steps, loss, samples_per_second)
 StepCallback = Callable[[int, int, float, float], None]
@@ -64,10 +66,29 @@ def train_stage(
 
     The engine must hold the model the stage starts from: blocks < ``stage`` loaded,
     blocks > ``stage`` zero, and the head of stage ``stage - 1`` (re-initialised here for
-    stage 1). Block ``stage`` is re-initialised from ``seed``.
+    stage 1). Block ``stage`` is re-initialised from ``seed``. Stages run one at a time
+    per process, so concurrent trainers stay deterministic.
     """
-    if not train_ids:
-        raise ConfigError(f"stage {stage} has no training samples")
+    with _TRAINING:  # dropout draws from torch's global generator: one stage at a time
+        return _train_stage(
+            engine, store, stage, train_ids, settings, seed, val_ids, cache, on_step
+        )
+
+
+def _train_stage(
+    engine: BlockModel,
+    store: FeatureStore,
+    stage: int,
+    train_ids: Sequence[str],
+    settings: TrainSettings,
+    seed: int,
+    val_ids: Sequence[str],
+    cache: ActivationCache | None,
+    on_step: StepCallback | None,
+) -> StageResult:
+    # A stage whose slices lost every sample trains nothing: its block keeps the init
+    # (it adds nothing) and the head passes on unchanged, exactly what training from
+    # scratch on no data gives.
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     engine.init_block(stage, seed)
@@ -76,13 +97,11 @@ def train_stage(
     params = engine.set_stage(stage)
     rows = np.asarray(store.rows(train_ids))
     val_rows = store.rows(val_ids)
-    start = engine.start_layer(stage) if _can_cache(engine, cache) else 0
-    if cache is not None and start > 0:
-        if cache.fits([start], rows.tolist() + val_rows):
-            cache.ensure([start], rows.tolist() + val_rows)
-        else:
-            log.info("activation cache over its memory budget; stage %d runs uncached", stage)
-            start = 0
+    start = engine.start_layer(stage)
+    if cache is not None and engine.lora.order == "top-down" and cache.covers(start):
+        cache.ensure(rows.tolist() + val_rows)
+    else:
+        cache, start = None, 0
     lengths = store.lengths(rows.tolist())
     plans = [
         plan_batches(lengths, settings.batch_size, generator, settings.bucket_by_length)
@@ -105,7 +124,7 @@ def train_stage(
         for batch_positions in plans[epoch]:
             batch_rows = rows[batch_positions].tolist()
             batch = store.collate(batch_rows)
-            hidden = cache.batch(start, batch_rows) if cache is not None and start > 0 else None
+            hidden = cache.batch(start, batch_rows) if cache is not None else None
             logits = engine.forward(batch, start, hidden)
             loss = task_loss(engine.family, logits, batch["labels"])
             loss.backward()
@@ -185,7 +204,7 @@ def evaluate(
     for positions in plan_batches(store.lengths(rows), batch_size, None, bucket=True):
         batch_rows = [rows[i] for i in positions]
         batch = store.collate(batch_rows)
-        hidden = cache.batch(start, batch_rows) if cache is not None and start > 0 else None
+        hidden = cache.batch(start, batch_rows) if cache is not None else None
         logits = engine.forward(batch, start, hidden)
         labels = batch["labels"]
         if engine.family is Family.CAUSAL_LM:
@@ -196,10 +215,6 @@ def evaluate(
             total += float((logits.argmax(-1) == labels).sum())
         count += len(batch_rows)
     return total / max(count, 1)
-
-
-def _can_cache(engine: BlockModel, cache: ActivationCache | None) -> bool:
-    return cache is not None and engine.lora.order == "top-down"
 
 
 def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:

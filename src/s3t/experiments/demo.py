@@ -53,7 +53,7 @@ class DemoPlan:
         sharded = self.budget * stage_share * n * s.epochs  # every shard's share adds up to n
         one_sequence = stage_share * n * s.epochs
         ordinary = 1.4 * n * s.epochs  # all layers trainable: ~1.4x slower per sample
-        heal = stage_share * n / s.shards * s.epochs * self.budget
+        heal = stage_share * n / s.shards * s.epochs  # one sequence of one shard
         return sharded + one_sequence + ordinary + heal
 
     def estimate_minutes(self) -> float:
@@ -134,29 +134,34 @@ def run_demo(
 
 
 def _heal(system: S3T, scorer: BudgetScorer, say: Say) -> dict[str, Any]:
-    """Retrain the most damaged shard in a background thread while predictions are served."""
+    """Retrain the most damaged shard in a background thread while predictions are served,
+    until it serves at full depth again (its other sequences are left to later retraining:
+    the sequence closest to full depth is retrained first)."""
     status = system.status()
     worst = min(status.shards, key=lambda s: (s.served_depth, sum(s.depths)))
-    if worst.served_depth == status.slices and min(worst.depths) == status.slices:
-        say("every sequence is at full depth: nothing to heal")
+    if worst.served_depth == status.slices:
+        say("every shard serves at full depth: nothing to heal")
         return {"shard": None}
     say(
         f"healing shard {worst.shard} (served depth {worst.served_depth}) in the background while serving requests"
     )
     events: list[str] = []
+    healed = threading.Event()
 
     def on_event(event: Any) -> None:
         if event.kind in ("swapped", "reused", "discarded"):
             line = f"  retraining event: {event.key.label()} {event.kind}"
             events.append(line)
             say(line)
+            if system.status().shards[worst.shard].served_depth == status.slices:
+                healed.set()
 
     done = threading.Event()
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
-            system.retrain(shards=[worst.shard], on_event=on_event)
+            system.retrain(shards=[worst.shard], on_event=on_event, stop=healed)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
         finally:
@@ -175,14 +180,15 @@ def _heal(system: S3T, scorer: BudgetScorer, say: Say) -> dict[str, Any]:
     after = system.status().shards[worst.shard]
     accuracy = scorer.accuracy(None)
     say(
-        f"shard {worst.shard} healed in {seconds:.0f} s: served depth {after.served_depth}; "
-        f"{len(latencies)} predictions served meanwhile (median {statistics.median(latencies) if latencies else 0:.0f} ms); "
-        f"test accuracy now {accuracy:.4f}"
+        f"shard {worst.shard} serves at depth {after.served_depth} again after {seconds:.0f} s; "
+        f"{len(latencies)} predictions served meanwhile (median "
+        f"{statistics.median(latencies) if latencies else 0:.0f} ms); test accuracy now {accuracy:.4f}"
     )
     return {
         "shard": worst.shard,
         "depth_before": worst.served_depth,
         "depth_after": after.served_depth,
+        "sequences_still_truncated": sum(d < status.slices for d in after.depths),
         "seconds": round(seconds, 1),
         "predictions_served_meanwhile": len(latencies),
         "accuracy_after": accuracy,

@@ -10,6 +10,7 @@ export, samples, audit.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from s3t.engine.settings import Family
 from s3t.errors import DataError, InvalidRequestError
 from s3t.system.background import BackgroundRetrainer, RetrainPolicy
 from s3t.system.config import S3TConfig
-from s3t.system.forget import Receipt, forget, remove_purged_files
+from s3t.system.forget import Receipt, forget, remove_stale_files
 from s3t.system.verify import VerifyReport, verify
 from s3t.system.workspace import Workspace
 
@@ -137,7 +138,7 @@ class S3T:
     def open(cls, workspace: str | Path, retrain_policy: RetrainPolicy | None = None) -> S3T:
         """Open an existing workspace; with a policy, retrain in the background."""
         system = cls(Workspace(workspace))
-        remove_purged_files(system.workspace)
+        remove_stale_files(system.workspace)
         if retrain_policy is not None:
             system.start_background(retrain_policy)
         return system
@@ -211,10 +212,16 @@ class S3T:
         shards: list[int] | None = None,
         on_event: EventCallback | None = None,
         executor: Executor | None = None,
+        stop: threading.Event | None = None,
     ) -> list[StageOutcome]:
-        """Bring every truncated sequence (of some shards) back to full depth, now
-        (``executor``: train elsewhere, e.g. on Ray)."""
-        return self._get_trainer(on_event).complete(shards, executor=executor)
+        """Bring every truncated sequence (of some shards) back to full depth, now; the
+        sequence closest to full depth first, so served depth returns early. ``stop`` ends
+        it after the current stage; ``executor`` trains elsewhere (e.g. on Ray)."""
+        count = self.workspace.config.layout.shards
+        bad = [k for k in shards or [] if not 0 <= k < count]
+        if bad:
+            raise InvalidRequestError(f"shards must be in 0..{count - 1}, got {bad!r}")
+        return self._get_trainer(on_event).complete(shards, stop=stop, executor=executor)
 
     # ----- reports --------------------------------------------------------------------------
     def status(self) -> Status:

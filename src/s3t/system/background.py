@@ -91,6 +91,7 @@ class BackgroundRetrainer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 due = self.policy.shards_due(self.ws)
                 if due:
@@ -105,11 +106,12 @@ class BackgroundRetrainer:
                         done = self._trainer.complete([shard], stop=self._stop)
                         self.outcomes += done
                         progress += len(done)
+                    self.error = None
                     if progress:
                         continue  # check again at once: deletions may have arrived meanwhile
             except Exception as exc:  # keep serving; surface the error in status
                 log.exception("background retraining failed")
                 self.error = exc
-            self._idle.set()
+            if not self._wake.is_set():  # nothing arrived since this check: really idle
+                self._idle.set()
             self._wake.wait(self.policy.poll_seconds)
-            self._wake.clear()

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from s3t.core.sequences import DEFAULT_T, METHODS
+from s3t.core.sequences import DEFAULT_T, METHODS, check_budget
 from s3t.engine.settings import Family, LoraSettings, ModelSpec, TrainSettings
-from s3t.errors import ConfigError
+from s3t.errors import ConfigError, SequenceError
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,21 @@ class LayoutSettings:
             raise ConfigError(f"budget must be >= 1, got {self.budget!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.bms_t <= 0:
+            raise ConfigError(f"bms_t must be > 0, got {self.bms_t!r}")
+        try:
+            check_budget(self.slices, self.budget)
+        except SequenceError as exc:
+            raise ConfigError(str(exc)) from None
+        if (
+            self.method == "full"
+            and self.slices <= 9
+            and self.budget != math.factorial(self.slices)
+        ):
+            raise ConfigError(
+                f"method 'full' trains all {math.factorial(self.slices)} sequences of "
+                f"{self.slices} slices; got budget {self.budget}"
+            )
 
 
 @dataclass(frozen=True)

@@ -33,22 +33,41 @@ def train_shard(
     shard: int,
     jobs: list[Job],
     parents: dict[tuple[int, ...], bytes],
-) -> list[tuple[tuple[int, ...], bytes, dict[str, Any]]]:
+) -> list[tuple[tuple[int, ...], bytes, tuple[str, ...]]]:
     """Run in a Ray worker: train ``jobs`` (parents before children) and return each
-    stage's artifact bytes and metrics."""
+    stage's artifact bytes with the artifact ids of the parent chain it was trained on."""
     from s3t.system.config import S3TConfig
 
     worker = StageWorker(S3TConfig.from_dict(config))
     worker.use_examples(examples)
-    produced = {prefix: decode_stage(blob)[:2] for prefix, blob in parents.items()}
+    tensors = {prefix: decode_stage(blob)[:2] for prefix, blob in parents.items()}
+    ids = {prefix: hashlib.sha256(blob).hexdigest() for prefix, blob in parents.items()}
     out = []
     for prefix, data in jobs:
-        key = StageKey(shard, prefix)
-        chain = [produced[prefix[:i]] for i in range(1, len(prefix))]
-        trained = worker.train(key, chain, data)
-        produced[prefix] = (trained.block, trained.head)
-        out.append((prefix, trained.blob, trained.metrics))
+        chain = tuple(ids[prefix[:i]] for i in range(1, len(prefix)))
+        trained = worker.train(
+            StageKey(shard, prefix),
+            [tensors[prefix[:i]] for i in range(1, len(prefix))],
+            data,
+            chain,
+        )
+        tensors[prefix] = (trained.block, trained.head)
+        ids[prefix] = trained.artifact
+        out.append((prefix, trained.blob, chain))
     return out
+
+
+def _parent_blobs(
+    trainer: Trainer, registry: Any, plan: list[StageKey]
+) -> dict[tuple[int, ...], bytes]:
+    """The artifact bytes of every planned root's parent chain (prefix → bytes)."""
+    planned = {key.prefix for key in plan}
+    parents: dict[tuple[int, ...], bytes] = {}
+    for key in plan:
+        if key.parent is not None and key.parent.prefix not in planned:
+            for i, artifact in enumerate(parent_chain(registry, key), start=1):
+                parents[key.prefix[:i]] = trainer.ws.artifact_path(artifact).read_bytes()
+    return parents
 
 
 class RayExecutor:
@@ -93,6 +112,7 @@ class RayExecutor:
         outcomes: list[StageOutcome] = []
         for _ in range(max_rounds):
             pending: dict[Any, tuple[int, list[Job]]] = {}
+            skipped = False
             for shard in targets:
                 rows = registry.sequences(shard)
                 plan = plan_stages(shard, [r.perm for r in rows], [r.depth for r in rows])
@@ -101,14 +121,11 @@ class RayExecutor:
                 jobs: list[Job] = [
                     (key.prefix, registry.live_ids(shard, key.prefix)) for key in plan
                 ]
-                planned = {key.prefix for key in plan}
-                parents: dict[tuple[int, ...], bytes] = {}
-                for key in plan:
-                    if key.parent is not None and key.parent.prefix not in planned:
-                        for i, artifact in enumerate(parent_chain(registry, key), start=1):
-                            parents[key.prefix[:i]] = trainer.ws.artifact_path(
-                                artifact
-                            ).read_bytes()
+                try:
+                    parents = _parent_blobs(trainer, registry, plan)
+                except (RetrainConflictError, OSError):  # a deletion cut the parent: replan
+                    skipped = True
+                    continue
                 mine = examples.subset(
                     registry.live_ids(shard, range(trainer.config.layout.slices))
                 )
@@ -117,29 +134,19 @@ class RayExecutor:
                     trainer.on_event(
                         StageEvent("start", key, detail={"samples": len(dict(jobs)[key.prefix])})
                     )
-            if not pending:
+            if not pending and not skipped:
                 return outcomes
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 shard, jobs = pending.pop(done[0])
                 data_of = dict(jobs)
-                for prefix, blob, metrics in ray.get(done[0]):
+                for prefix, blob, chain in ray.get(done[0]):
                     key = StageKey(shard, prefix)
-                    try:
-                        parent = parent_chain(registry, key)
-                    except RetrainConflictError:  # its parent was discarded or truncated
-                        trainer.on_event(
-                            StageEvent("discarded", key, detail={"reason": "parent gone"})
-                        )
-                        outcomes.append(
-                            StageOutcome(key, None, "discarded", 0.0, len(data_of[prefix]), metrics)
-                        )
-                        continue
-                    block, head, _ = decode_stage(blob)
-                    stage = TrainedStage(
-                        key, blob, hashlib.sha256(blob).hexdigest(), metrics, block, head
-                    )
-                    outcomes.append(trainer.commit(registry, key, parent, data_of[prefix], stage))
+                    block, head, manifest = decode_stage(blob)
+                    artifact = hashlib.sha256(blob).hexdigest()
+                    stage = TrainedStage(key, blob, artifact, manifest["metrics"], block, head)
+                    # swapped in only onto the very chain it was trained from (race rule)
+                    outcomes.append(trainer.commit(registry, key, chain, data_of[prefix], stage))
         raise RetrainConflictError(
             f"stages kept being discarded; giving up after {max_rounds} rounds"
         )

@@ -4,13 +4,14 @@ Every id is validated before anything changes. Then one transaction marks the sa
 deleted, erases their stored content, truncates every sequence of their shards just
 before the first slice that held one, marks every artifact trained on them as purged and
 writes the receipt and audit entry. When :func:`forget` returns the deletion is on disk.
-The purged artifacts' files are removed right after the commit (and again by ``verify``
-or the next ``forget`` if the process died in between): they are never served again.
+The purged artifacts' files are removed right after the commit (and by ``S3T.open`` if the
+process died in between); they are never served again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from s3t.core.schedule import truncated_depth
 from s3t.errors import InvalidRequestError, UnknownSampleError
 from s3t.system.registry import Registry
 from s3t.system.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,13 @@ def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
                 )
         after = _served_after(rows, truncations)
         purged = _purge_marks(db, fresh, now)
-        if fresh:
-            marks = ",".join("?" * len(fresh))
+        for chunk in _chunks(fresh):
+            marks = ",".join("?" * len(chunk))
             db.execute(
                 f"UPDATE samples SET deleted_at=?, request_id=? WHERE id IN ({marks})",
-                (now, request_id, *fresh),
+                (now, request_id, *chunk),
             )
-            db.execute(f"DELETE FROM sample_data WHERE id IN ({marks})", fresh)
+            db.execute(f"DELETE FROM sample_data WHERE id IN ({marks})", chunk)
         receipt = Receipt(
             request_id=request_id,
             at=now,
@@ -125,17 +128,25 @@ def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
                 "truncated": [[t.shard, t.seq, t.depth_before, t.depth_after] for t in truncations],
             },
         )
+    registry.checkpoint()
     for artifact in purged:  # erase what the deleted samples trained; open() sweeps leftovers
-        workspace.artifact_path(artifact).unlink(missing_ok=True)
+        try:
+            workspace.artifact_path(artifact).unlink(missing_ok=True)
+        except OSError:  # the deletion is committed; S3T.open removes the file later
+            log.warning("could not remove purged artifact %s now", artifact)
     return receipt
 
 
-def remove_purged_files(workspace: Workspace, registry: Registry | None = None) -> int:
-    """Delete the files of purged artifacts that are still on disk; return how many."""
+def remove_stale_files(workspace: Workspace, registry: Registry | None = None) -> int:
+    """Delete the files of purged artifacts still on disk and orphaned stage files (see
+    :meth:`Workspace.orphan_files`); return how many were removed."""
     registry = registry or workspace.registry()
+    stale = [
+        workspace.artifact_path(artifact)
+        for (artifact,) in registry.db.execute("SELECT id FROM artifacts WHERE purged IS NOT NULL")
+    ]
     removed = 0
-    for (artifact,) in registry.db.execute("SELECT id FROM artifacts WHERE purged IS NOT NULL"):
-        path = workspace.artifact_path(artifact)
+    for path in [*stale, *workspace.orphan_files()]:
         if path.exists():
             path.unlink()
             removed += 1
@@ -143,21 +154,23 @@ def remove_purged_files(workspace: Workspace, registry: Registry | None = None) 
 
 
 def _purge_marks(db: Any, deleted: list[str], now: float) -> list[str]:
-    if not deleted:
-        return []
-    marks = ",".join("?" * len(deleted))
-    ids = sorted(
-        {
+    ids: set[str] = set()
+    for chunk in _chunks(deleted):
+        marks = ",".join("?" * len(chunk))
+        ids |= {
             r[0]
-            for r in db.execute(f"SELECT artifact FROM lineage WHERE sample IN ({marks})", deleted)
+            for r in db.execute(f"SELECT artifact FROM lineage WHERE sample IN ({marks})", chunk)
         }
-    )
-    if ids:
-        amarks = ",".join("?" * len(ids))
+    for chunk in _chunks(sorted(ids)):
+        marks = ",".join("?" * len(chunk))
         db.execute(
-            f"UPDATE artifacts SET purged=? WHERE id IN ({amarks}) AND purged IS NULL", (now, *ids)
+            f"UPDATE artifacts SET purged=? WHERE id IN ({marks}) AND purged IS NULL", (now, *chunk)
         )
-    return ids
+    return sorted(ids)
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _served(rows: list[Any]) -> dict[int, int]:

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,7 @@ class Registry:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA secure_delete=ON")  # erased content is overwritten on disk
         except sqlite3.DatabaseError as exc:
             raise WorkspaceError(f"workspace registry {path} is not readable: {exc}") from exc
         if create and not self._has_schema():
@@ -152,14 +153,26 @@ class Registry:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a block as one write transaction (taken at once, so writers never deadlock)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """Run a block as one write transaction (taken at once, so writers never deadlock);
+        anything that fails, the commit included, rolls the whole block back."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise WorkspaceError(f"workspace {self.root} is busy or unwritable: {exc}") from exc
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                with suppress(sqlite3.Error):  # keep the original error
+                    self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Copy committed pages into the main database file now (best effort), so that
+        content erased by a deletion is overwritten there without waiting for SQLite."""
+        with suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ----- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:

@@ -123,16 +123,35 @@ class Server:
     def shard_logits(
         self, store: FeatureStore, batch_size: int = 64, budget: int | None = None
     ) -> tuple[list[Served], dict[int, torch.Tensor]]:
-        """Return the served models and each one's logits for every row of ``store``
-        (reselecting once if an artifact was purged between selection and loading)."""
-        for attempt in range(2):
+        """Return the served models and each one's logits for every row of ``store``.
+
+        Answers are checked after computing: if a deletion purged any stage used meanwhile
+        (or an artifact vanished), the selection is made again, so nothing trained on a
+        sample is served once its deletion has been acknowledged."""
+        for _ in range(5):
             served = self.selection(budget)
             try:
-                return served, self.logits_for(served, store, batch_size)
+                logits = self.logits_for(served, store, batch_size)
             except ArtifactError:
-                if attempt == 1:
-                    raise
-        raise AssertionError("unreachable")
+                continue
+            if self.still_valid(served):
+                return served, logits
+        raise ServiceUnavailableError(
+            "deletions kept invalidating the served models during this request; retry it"
+        )
+
+    def still_valid(self, served: Sequence[Served]) -> bool:
+        """Whether none of the served stages has been purged by a deletion."""
+        used = sorted({a for s in served for a in s.artifacts})
+        marks = ",".join("?" * len(used))
+        row = (
+            self.ws.registry()
+            .db.execute(
+                f"SELECT count(*) FROM artifacts WHERE id IN ({marks}) AND purged IS NOT NULL", used
+            )
+            .fetchone()
+        )
+        return not row[0]
 
     def logits_for(
         self, served: list[Served], store: FeatureStore, batch_size: int = 64
@@ -190,7 +209,10 @@ class Server:
     def _store_for(self, inputs: Any) -> FeatureStore:
         backbone = self.engine.backbone
         if self.ws.modality == "image":
-            images = np.asarray(inputs)
+            try:
+                images = np.asarray(inputs)
+            except ValueError as exc:
+                raise InvalidRequestError(f"image inputs must all have one shape: {exc}") from None
             if images.ndim not in (3, 4) or len(images) == 0:
                 raise InvalidRequestError(
                     f"image inputs must be a non-empty array (n, H, W[, C]), got shape {images.shape}"
@@ -227,29 +249,44 @@ class Server:
             raise InvalidRequestError("prompts must be a non-empty list of strings")
         engine = self.engine
         tokenizer: Any = engine.backbone.tokenizer
-        served = self.selection()
         outputs = []
+        for prompt in prompts:
+            for _ in range(5):
+                served = self.selection()
+                text = self._generate_one(served, tokenizer, prompt, max_new_tokens)
+                if self.still_valid(served):
+                    break
+            else:
+                raise ServiceUnavailableError(
+                    "deletions kept invalidating the served models; retry"
+                )
+            outputs.append(text)
+        return outputs, served
+
+    def _generate_one(
+        self, served: list[Served], tokenizer: Any, prompt: str, max_new_tokens: int
+    ) -> str:
+        engine = self.engine
+        new: list[int] = []
         with self._lock, torch.no_grad():
             engine.set_eval()
-            for prompt in prompts:
-                ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-                new: list[int] = []
-                for _ in range(max_new_tokens):
-                    total = None
-                    for s in served:
-                        self.assemble(s)
-                        logits = engine.forward(
-                            {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-                        )[0, -1]
-                        total = logits if total is None else total + logits
-                    assert total is not None
-                    token = int(torch.argmax(total / len(served)))
-                    if token == tokenizer.eos_token_id:
-                        break
-                    new.append(token)
-                    ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-                outputs.append(tokenizer.decode(new, skip_special_tokens=True))
-        return outputs, served
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"][
+                :, -engine.backbone.spec.max_length :
+            ]
+            for _ in range(max_new_tokens):
+                total: torch.Tensor | None = None
+                for s in served:
+                    self.assemble(s)
+                    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+                    logits = engine.forward(batch)[0, -1]
+                    total = logits if total is None else total + logits
+                assert total is not None
+                token = int(torch.argmax(total / len(served)))
+                if token == tokenizer.eos_token_id:
+                    break
+                new.append(token)
+                ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        return str(tokenizer.decode(new, skip_special_tokens=True))
 
 
 def aggregate_logits(

@@ -48,7 +48,11 @@ class StageWorker:
         """Encode the samples stages will be trained on (the cache starts empty)."""
         self.store = FeatureStore.from_examples(self.engine.backbone, examples)
         self.cache = (
-            ActivationCache(self.engine, self.store)
+            ActivationCache(
+                self.engine,
+                self.store,
+                [self.engine.start_layer(i) for i in range(1, self.engine.slices + 1)],
+            )
             if self.config.train.cache_activations
             else None
         )
@@ -58,10 +62,11 @@ class StageWorker:
         key: StageKey,
         parent: Sequence[tuple[State, State]],
         data: Sequence[str],
+        parent_ids: Sequence[str] = (),
         on_step: StepCallback | None = None,
     ) -> TrainedStage:
         """Train stage ``key`` on ``data`` (train and validation ids), starting from the
-        parent stages' (block, head) tensors."""
+        parent stages' (block, head) tensors, whose artifact ids the manifest records."""
         assert self.store is not None, "call use_examples() first"
         fraction, seed = self.config.train.validation_fraction, self.config.layout.seed
         val = [i for i in data if is_validation(i, fraction, seed)]
@@ -91,6 +96,7 @@ class StageWorker:
             "prefix": list(key.prefix),
             "stage": key.stage,
             "slices": list(key.prefix),
+            "parents": list(parent_ids),
             "samples_sha256": samples_digest(data),
             "n_samples": len(data),
             "config_hash": self.config.config_hash(),

@@ -1,7 +1,9 @@
 """Bringing sequences to full depth: first training and retraining are the same job.
 
-For each shard, the stages still missing are planned from the registry (every sequence
-from its valid depth up to L, shared prefixes once, parents first). A stage is trained on
+For each shard, the next stage is chosen from the registry each time: the next stage of the
+sequence closest to full depth, so the shard's served depth comes back as early as
+possible (shared prefixes are trained once: a stage another sequence already holds, on the
+same samples, is reused). A stage is trained on
 the *current* live samples of its slices, starting from its parent's artifacts, then
 swapped in with one transaction that re-checks, against the registry at that moment,
 that none of its samples was deleted meanwhile and that its parent prefix is still what
@@ -21,11 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from s3t.core.schedule import StageKey, plan_stages, samples_digest
+from s3t.core.schedule import StageKey, next_stage, plan_stages, samples_digest
 from s3t.engine.artifacts import read_stage, write_atomic
 from s3t.engine.blocks import State
 from s3t.engine.loading import Backbone
-from s3t.errors import RetrainConflictError
+from s3t.errors import ArtifactError, RetrainConflictError
 from s3t.system.registry import Registry
 from s3t.system.stage_worker import StageWorker, TrainedStage
 from s3t.system.workspace import Workspace
@@ -98,7 +100,7 @@ class Trainer:
         self,
         shards: Sequence[int] | None = None,
         stop: threading.Event | None = None,
-        max_rounds: int = 1000,
+        max_rounds: int = 100,
         executor: Executor | None = None,
     ) -> list[StageOutcome]:
         """Train and swap in every missing stage of the given shards (all by default) until
@@ -119,26 +121,34 @@ class Trainer:
             planned += len(plan_stages(shard, [r.perm for r in rows], [r.depth for r in rows]))
         self.on_event(StageEvent("plan", StageKey(-1, ()), total=planned))
         for shard in targets:
-            for _ in range(max_rounds):
+            discarded = 0
+            while True:
                 if stop is not None and stop.is_set():
                     return outcomes
                 rows = registry.sequences(shard)
-                plan = plan_stages(shard, [r.perm for r in rows], [r.depth for r in rows])
-                if not plan:
+                key = next_stage(shard, [r.perm for r in rows], [r.depth for r in rows])
+                if key is None:
                     break
                 if fresh_data:  # the live samples as they are now; deleted ones are gone
                     self.worker.use_examples(self.ws.examples())
                     fresh_data = False
-                outcomes.append(self._run_stage(registry, plan[0]))
-            else:
-                raise RetrainConflictError(
-                    f"shard {shard} kept discarding stages; giving up after {max_rounds} rounds"
-                )
+                outcomes.append(self._run_stage(registry, key))
+                discarded += outcomes[-1].status == "discarded"
+                if discarded > max_rounds:
+                    raise RetrainConflictError(
+                        f"shard {shard} kept discarding stages (deletions racing every "
+                        f"retrain); gave up after {max_rounds} discards"
+                    )
         return outcomes
 
     # ----- one stage -------------------------------------------------------------------------
     def _run_stage(self, registry: Registry, key: StageKey) -> StageOutcome:
-        parent = parent_chain(registry, key)
+        try:
+            parent = parent_chain(registry, key)
+            parent_tensors = [self.tensors(a) for a in parent]
+        except (RetrainConflictError, ArtifactError) as gone:  # a deletion cut the parent
+            self.on_event(StageEvent("discarded", key, detail={"reason": str(gone)}))
+            return StageOutcome(key, None, "discarded", 0.0, 0, {})
         data = registry.live_ids(key.shard, key.prefix)
         existing = registry.find_artifact(
             key.shard, key.prefix, samples_digest(data), self.config.config_hash()
@@ -148,8 +158,9 @@ class Trainer:
         self.on_event(StageEvent("start", key, detail={"samples": len(data)}))
         trained = self.worker.train(
             key,
-            [self.tensors(a) for a in parent],
+            parent_tensors,
             data,
+            parent_ids=parent,
             on_step=lambda step, total, loss, sps: self.on_event(
                 StageEvent("step", key, step, total, loss, sps)
             ),

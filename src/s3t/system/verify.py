@@ -62,6 +62,7 @@ def verify(workspace: Workspace) -> VerifyReport:
     deleted = {r[0] for r in db.execute("SELECT id FROM samples WHERE deleted_at IS NOT NULL")}
 
     active = sorted({a for r in rows for a in r.active()})
+    manifests: dict[str, dict[str, Any]] = {}
     for artifact in active:
         record = artifacts.get(artifact)
         if record is None:
@@ -108,6 +109,7 @@ def verify(workspace: Workspace) -> VerifyReport:
             except ArtifactError as exc:
                 report.violations.append(Violation("integrity", str(exc)))
             else:
+                manifests[artifact] = manifest
                 if manifest.get("samples_sha256") != record.samples_sha256:
                     report.violations.append(
                         Violation(
@@ -116,6 +118,17 @@ def verify(workspace: Workspace) -> VerifyReport:
                         )
                     )
     report.checked["active_artifacts"] = len(active)
+    for r in rows:  # every active stage was trained on top of exactly the stages before it
+        for j, artifact in enumerate(r.active()):
+            parents = manifests.get(artifact, {}).get("parents")
+            if artifact in manifests and parents != list(r.active()[:j]):
+                report.violations.append(
+                    Violation(
+                        "lineage",
+                        f"shard {r.shard} sequence {r.seq} stage {j + 1}: artifact {artifact[:12]} "
+                        "was trained on another parent chain than the one it is served with",
+                    )
+                )
 
     files = 0
     for artifact, record in artifacts.items():
@@ -141,6 +154,13 @@ def verify(workspace: Workspace) -> VerifyReport:
                 Violation("integrity", f"artifact file {path.name} does not match its sha256")
             )
     report.checked["artifact_files"] = files
+    for path in workspace.orphan_files():
+        report.violations.append(
+            Violation(
+                "integrity",
+                f"unregistered stage file {path.name} (opening the workspace removes it)",
+            )
+        )
 
     expected_depth, expected_positions = replay(
         registry.audit_log(), {(r.shard, r.seq): r.perm for r in rows}

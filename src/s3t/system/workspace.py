@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,23 @@ class Workspace:
     def artifact_path(self, artifact_id: str) -> Path:
         """Return where an artifact's file lives (by content hash)."""
         return self.root / "artifacts" / artifact_id[:2] / f"{artifact_id}.safetensors"
+
+    def orphan_files(self, min_age_seconds: float = 600.0) -> list[Path]:
+        """Files under ``artifacts/`` that no registry row names (left by a process killed
+        between writing a stage and swapping it in), older than ``min_age_seconds`` so that
+        a stage being swapped in right now is never counted."""
+        folder = self.root / "artifacts"
+        if not folder.exists():
+            return []
+        known = {r[0] for r in self.registry().db.execute("SELECT id FROM artifacts")}
+        cutoff = time.time() - min_age_seconds
+        return sorted(
+            path
+            for path in folder.rglob("*")
+            if path.is_file()
+            and path.name.split(".", 1)[0] not in known
+            and path.stat().st_mtime < cutoff
+        )
 
     def examples(self, table: str = "sample_data") -> Examples:
         """Return the stored training samples still present (or the test split)."""
@@ -108,58 +126,85 @@ class Workspace:
             risk=[risk.get(i, 0.0) for i in train.ids] if risk else None,
         )
         priors = layout.priors()
+        sequences = [
+            select_sequences(
+                config.layout.method,
+                config.layout.slices,
+                config.layout.budget,
+                prior=priors[shard].tolist(),
+                seed=config.layout.seed + shard,
+                t=config.layout.bms_t,
+            )
+            for shard in range(config.layout.shards)
+        ]
+        try:
+            cls._write(root, config, dataset, priors, layout.assignment, sequences)
+        except BaseException:
+            for suffix in ("", "-wal", "-shm"):  # nothing of a half-created workspace stays
+                (root / (DB_NAME + suffix)).unlink(missing_ok=True)
+            raise
+        return cls(root)
+
+    @staticmethod
+    def _write(
+        root: Path,
+        config: S3TConfig,
+        dataset: Dataset,
+        priors: np.ndarray,
+        assignment: Any,
+        sequences: list[list[tuple[int, ...]]],
+    ) -> None:
+        train = dataset.train
         registry = Registry(root, create=True)
-        with registry.transaction() as db:
-            registry.set_meta("config", config.to_dict())
-            registry.set_meta("task", train.task)
-            registry.set_meta("modality", train.modality)
-            registry.set_meta("label_names", list(train.label_names) if train.label_names else None)
-            registry.set_meta("dataset", dataset.name)
-            db.executemany(
-                "INSERT INTO samples (id, shard, slice, content_sha256) VALUES (?, ?, ?, ?)",
-                (
-                    (sid, *layout.assignment[sid], train.content_hash(row))
-                    for row, sid in enumerate(train.ids)
-                ),
-            )
-            db.executemany(
-                "INSERT INTO sample_data VALUES (?, ?)",
-                ((sid, json.dumps(encode_record(train, row))) for row, sid in enumerate(train.ids)),
-            )
-            if dataset.test is not None:
-                test = dataset.test
+        try:
+            with registry.transaction() as db:
+                registry.set_meta("config", config.to_dict())
+                registry.set_meta("task", train.task)
+                registry.set_meta("modality", train.modality)
+                registry.set_meta(
+                    "label_names", list(train.label_names) if train.label_names else None
+                )
+                registry.set_meta("dataset", dataset.name)
                 db.executemany(
-                    "INSERT INTO eval_data VALUES (?, ?)",
+                    "INSERT INTO samples (id, shard, slice, content_sha256) VALUES (?, ?, ?, ?)",
                     (
-                        (sid, json.dumps(encode_record(test, row)))
-                        for row, sid in enumerate(test.ids)
+                        (sid, *assignment[sid], train.content_hash(row))
+                        for row, sid in enumerate(train.ids)
                     ),
                 )
-            for shard in range(config.layout.shards):
-                seqs = select_sequences(
-                    config.layout.method,
-                    config.layout.slices,
-                    config.layout.budget,
-                    prior=priors[shard].tolist(),
-                    seed=config.layout.seed + shard,
-                    t=config.layout.bms_t,
-                )
                 db.executemany(
-                    "INSERT INTO sequences VALUES (?, ?, ?, 0)",
-                    ((shard, b, json.dumps(list(seq))) for b, seq in enumerate(seqs)),
+                    "INSERT INTO sample_data VALUES (?, ?)",
+                    (
+                        (sid, json.dumps(encode_record(train, row)))
+                        for row, sid in enumerate(train.ids)
+                    ),
                 )
-            registry.audit(
-                "created",
-                {
-                    "samples": len(train),
-                    "test_samples": len(dataset.test) if dataset.test is not None else 0,
-                    "dataset": dataset.name,
-                    "config_hash": config.config_hash(),
-                    "slice_priors": priors.round(6).tolist(),
-                },
-            )
-        registry.close()
-        return cls(root)
+                if dataset.test is not None:
+                    test = dataset.test
+                    db.executemany(
+                        "INSERT INTO eval_data VALUES (?, ?)",
+                        (
+                            (sid, json.dumps(encode_record(test, row)))
+                            for row, sid in enumerate(test.ids)
+                        ),
+                    )
+                for shard, seqs in enumerate(sequences):
+                    db.executemany(
+                        "INSERT INTO sequences VALUES (?, ?, ?, 0)",
+                        ((shard, b, json.dumps(list(seq))) for b, seq in enumerate(seqs)),
+                    )
+                registry.audit(
+                    "created",
+                    {
+                        "samples": len(train),
+                        "test_samples": len(dataset.test) if dataset.test is not None else 0,
+                        "dataset": dataset.name,
+                        "config_hash": config.config_hash(),
+                        "slice_priors": priors.round(6).tolist(),
+                    },
+                )
+        finally:
+            registry.close()
 
 
 def _strata(config: S3TConfig, train: Examples) -> list[int] | None:
