@@ -41,7 +41,15 @@ def test_ray_jobs_report_the_chain_they_trained_on_and_stale_chains_are_discarde
     data = registry.live_ids(0, prefix2)
     blob1 = system.workspace.artifact_path(row.positions[0]).read_bytes()
     examples = system.workspace.examples()
-    out = train_shard(toy_config.to_dict(), examples, 0, [(prefix2, data)], {prefix1: blob1})
+    groups = {sid: (0, s) for sid, s in ((x["id"], x["slice"]) for x in system.samples(0))}
+    out = train_shard(
+        toy_config.to_dict(),
+        examples.subset(list(groups)),
+        0,
+        [(prefix2, data)],
+        {prefix1: blob1},
+        groups,
+    )
     ((prefix, blob, chain),) = out
     assert prefix == prefix2 and chain == (hashlib.sha256(blob1).hexdigest(),)
     trainer = system._get_trainer()
@@ -73,9 +81,10 @@ def test_cached_training_does_not_depend_on_what_the_cache_already_holds(tiny_be
         backbone = load_backbone(ModelSpec(str(tiny_bert), num_labels=2))
         engine = BlockModel(backbone, LoraSettings(rank=2), 3)
         store = FeatureStore(backbone, ids, text=texts, labels=labels)
-        cache = ActivationCache(engine, store, [engine.start_layer(i) for i in (1, 2, 3)])
-        if warm:  # another stage ran first and cached other rows
-            cache.ensure(list(range(30, 60)))
+        groups = {sid: i % 3 for i, sid in enumerate(ids)}  # e.g. slices
+        cache = ActivationCache(engine, store, [engine.start_layer(i) for i in (1, 2, 3)], groups)
+        if warm:  # another stage ran first and cached other groups
+            cache.ensure([1, 2])
         engine.assemble([], None)
         results.append(
             train_stage(

@@ -9,7 +9,7 @@ reused by every stage that trains that block; the forward pass then starts there
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 class ActivationCache:
     """Base-model hidden states entering chosen layers, per sample row of a feature store.
 
-    Each row is computed alone (a batch of one, no padding), so its cached value depends on
-    that sample only, never on which other samples happened to be computed with it: a stage
-    trained in a long-lived worker and the same stage trained from scratch in a fresh
-    process see the same bits. Whether to cache at all is decided once, from the size of the
-    whole store, for the same reason.
+    Rows are computed a *group* at a time (the caller's groups, e.g. one per slice; all
+    rows form one group by default): a group's rows are sorted by (length, sample id) and
+    run in fixed-size batches. A cached value therefore depends only on its group's rows,
+    never on which stages ran before in this process, so a stage trained in a long-lived
+    worker sees the same bits as the same stage trained from scratch in a fresh process
+    (or a Ray worker holding just that shard). Whether to cache at all is decided once,
+    from the size of the whole store, for the same reason.
     """
 
     def __init__(
@@ -36,12 +38,19 @@ class ActivationCache:
         engine: BlockModel,
         store: FeatureStore,
         layers: Iterable[int],
+        groups: Mapping[str, Hashable] | None = None,
+        batch_size: int = 64,
         max_bytes: int = 6 * 2**30,
     ) -> None:
         self.engine = engine
         self.store = store
+        self.batch_size = batch_size
         self.layers = sorted({layer for layer in layers if layer > 0})
         self._data: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in self.layers}
+        self._group_of = [groups.get(sid) if groups else None for sid in store.ids]
+        self._members: dict[Hashable, list[int]] = {}
+        for row, group in enumerate(self._group_of):
+            self._members.setdefault(group, []).append(row)
         self.enabled = bool(self.layers) and self._estimate(range(len(store))) <= max_bytes
         if self.layers and not self.enabled:
             log.info(
@@ -63,12 +72,23 @@ class ActivationCache:
         return self.enabled and layer in self._data
 
     def ensure(self, rows: Sequence[int]) -> None:
-        """Compute every cached layer's input for the rows not cached yet, one row at a time."""
+        """Compute every cached layer's input for the groups of ``rows`` not cached yet."""
         top = self._data[self.layers[-1]]
-        for row in (r for r in dict.fromkeys(rows) if r not in top):
-            states = self.engine.hidden_states_at(self.store.collate([row]), self.layers)
-            for layer in self.layers:
-                self._data[layer][row] = states[layer][0].clone()
+        groups = dict.fromkeys(self._group_of[r] for r in rows if r not in top)
+        for group in groups:
+            members = self._members[group]
+            order = sorted(
+                members, key=lambda r: (int(self.store.lengths([r])[0]), self.store.ids[r])
+            )
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                states = self.engine.hidden_states_at(self.store.collate(chunk), self.layers)
+                image = self.store.family is Family.IMAGE
+                lengths = self.store.lengths(chunk)
+                for layer in self.layers:
+                    for i, row in enumerate(chunk):
+                        width = states[layer].shape[1] if image else int(lengths[i])
+                        self._data[layer][row] = states[layer][i, :width].clone()
 
     def batch(self, layer: int, rows: Sequence[int]) -> torch.Tensor:
         """Return the cached inputs of ``layer`` for ``rows``, zero-padded like

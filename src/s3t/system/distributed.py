@@ -20,7 +20,7 @@ from s3t.data.examples import Examples
 from s3t.engine.artifacts import decode_stage
 from s3t.errors import ConfigError, RetrainConflictError
 from s3t.system.stage_worker import StageWorker, TrainedStage
-from s3t.system.training import StageEvent, StageOutcome, Trainer, parent_chain
+from s3t.system.training import StageEvent, StageOutcome, Trainer, live_slices, parent_chain
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,14 @@ def train_shard(
     shard: int,
     jobs: list[Job],
     parents: dict[tuple[int, ...], bytes],
+    groups: dict[str, tuple[int, int]],
 ) -> list[tuple[tuple[int, ...], bytes, tuple[str, ...]]]:
     """Run in a Ray worker: train ``jobs`` (parents before children) and return each
     stage's artifact bytes with the artifact ids of the parent chain it was trained on."""
     from s3t.system.config import S3TConfig
 
     worker = StageWorker(S3TConfig.from_dict(config))
-    worker.use_examples(examples)
+    worker.use_examples(examples, groups)
     tensors = {prefix: decode_stage(blob)[:2] for prefix, blob in parents.items()}
     ids = {prefix: hashlib.sha256(blob).hexdigest() for prefix, blob in parents.items()}
     out = []
@@ -108,6 +109,7 @@ class RayExecutor:
             sorted({r.shard for r in registry.sequences()}) if shards is None else list(shards)
         )
         examples = trainer.ws.examples()
+        slices_of = live_slices(registry)
         config = trainer.config.to_dict()
         outcomes: list[StageOutcome] = []
         for _ in range(max_rounds):
@@ -129,7 +131,8 @@ class RayExecutor:
                 mine = examples.subset(
                     registry.live_ids(shard, range(trainer.config.layout.slices))
                 )
-                pending[task.remote(config, mine, shard, jobs, parents)] = (shard, jobs)
+                groups = {sid: slices_of[sid] for sid in mine.ids}
+                pending[task.remote(config, mine, shard, jobs, parents, groups)] = (shard, jobs)
                 for key in plan:
                     trainer.on_event(
                         StageEvent("start", key, detail={"samples": len(dict(jobs)[key.prefix])})

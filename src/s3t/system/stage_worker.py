@@ -5,7 +5,7 @@ process, fed with the samples of a shard. A worker never touches the registry.""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,14 +44,18 @@ class StageWorker:
         self.store: FeatureStore | None = None
         self.cache: ActivationCache | None = None
 
-    def use_examples(self, examples: Examples) -> None:
-        """Encode the samples stages will be trained on (the cache starts empty)."""
+    def use_examples(
+        self, examples: Examples, groups: Mapping[str, Hashable] | None = None
+    ) -> None:
+        """Encode the samples stages will be trained on (the cache starts empty; it is
+        computed a group at a time — pass each sample's (shard, slice))."""
         self.store = FeatureStore.from_examples(self.engine.backbone, examples)
         self.cache = (
             ActivationCache(
                 self.engine,
                 self.store,
                 [self.engine.start_layer(i) for i in range(1, self.engine.slices + 1)],
+                groups,
             )
             if self.config.train.cache_activations
             else None

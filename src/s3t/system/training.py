@@ -114,7 +114,7 @@ class Trainer:
             sorted({s.shard for s in registry.sequences()}) if shards is None else list(shards)
         )
         outcomes: list[StageOutcome] = []
-        fresh_data = True
+        seen: int | None = None
         planned = 0
         for shard in targets:
             rows = registry.sequences(shard)
@@ -129,9 +129,10 @@ class Trainer:
                 key = next_stage(shard, [r.perm for r in rows], [r.depth for r in rows])
                 if key is None:
                     break
-                if fresh_data:  # the live samples as they are now; deleted ones are gone
-                    self.worker.use_examples(self.ws.examples())
-                    fresh_data = False
+                live = self._live_version(registry)
+                if live != seen:  # the live samples as they are now; deleted ones are gone
+                    self.worker.use_examples(self.ws.examples(), live_slices(registry))
+                    seen = live
                 outcomes.append(self._run_stage(registry, key))
                 discarded += outcomes[-1].status == "discarded"
                 if discarded > max_rounds:
@@ -140,6 +141,15 @@ class Trainer:
                         f"retrain); gave up after {max_rounds} discards"
                     )
         return outcomes
+
+    @staticmethod
+    def _live_version(registry: Registry) -> int:
+        """Changes whenever a sample is deleted (the encoded samples must then be rebuilt)."""
+        return int(
+            registry.db.execute(
+                "SELECT count(*) FROM samples WHERE deleted_at IS NOT NULL"
+            ).fetchone()[0]
+        )
 
     # ----- one stage -------------------------------------------------------------------------
     def _run_stage(self, registry: Registry, key: StageKey) -> StageOutcome:
@@ -286,6 +296,12 @@ class Trainer:
                 },
             )
         return None
+
+
+def live_slices(registry: Registry) -> dict[str, tuple[int, int]]:
+    """(shard, slice) of every live sample: the activation cache's computation groups."""
+    rows = registry.db.execute("SELECT id, shard, slice FROM samples WHERE deleted_at IS NULL")
+    return {sid: (shard, slice_) for sid, shard, slice_ in rows}
 
 
 def parent_chain(registry: Registry, key: StageKey) -> tuple[str, ...]:
