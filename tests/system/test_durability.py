@@ -78,17 +78,17 @@ def test_sigkill_at_random_points_of_forget_loses_no_acknowledged_deletion(train
     acknowledged: set[str] = set()
     kills = 0
     for round_ in range(12):
-        batch = ids[round_ * 6 : round_ * 6 + 6]
+        batch = ids[round_ * 8 : round_ * 8 + 8]
         child = _child(FORGET_LOOP, str(trained), *batch)
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "READY"
-        time.sleep(rng.random() * 0.02)
+        time.sleep(rng.random() * 0.01)
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()
         kills += child.returncode == -signal.SIGKILL
         acknowledged |= {line.split()[1] for line in out.splitlines() if line.startswith("ACK")}
         _check_consistent(trained, acknowledged)
-    assert kills >= 8  # most children really died mid-loop
+    assert kills >= 6  # most children really died mid-loop
     assert acknowledged  # and some deletions were acknowledged before dying
 
 
