@@ -209,30 +209,17 @@ def run_rq2(
 
 
 def _delta_grid(shards: int, slices: int, seed: int) -> dict[str, list[dict[str, float]]]:
-    by_m = []
-    for m in (1, 2, 5, 10):
-        for b in (1, slices):
-            r = simulate(m, cyclic(slices, b), trials=2000, seed=seed)
-            by_m.append(
-                {
-                    "shards": m,
-                    "budget": b,
-                    "simulated": round(r.mean, 2),
-                    "theory": round(theoretical_delta(m, slices, b), 2),
-                }
-            )
-    by_l = []
-    for L in (2, 3, 4, 6):
-        for b in (1, L):
-            r = simulate(shards, cyclic(L, b), trials=2000, seed=seed)
-            by_l.append(
-                {
-                    "slices": L,
-                    "budget": b,
-                    "simulated": round(r.mean, 2),
-                    "theory": round(theoretical_delta(shards, L, b), 2),
-                }
-            )
+    def point(key: str, value: int, m: int, L: int, b: int) -> dict[str, float]:
+        r = simulate(m, cyclic(L, b), trials=2000, seed=seed)
+        return {
+            key: value,
+            "budget": b,
+            "simulated": round(r.mean, 2),
+            "theory": round(theoretical_delta(m, L, b), 2),
+        }
+
+    by_m = [point("shards", m, m, slices, b) for m in (1, 2, 5, 10) for b in (1, slices)]
+    by_l = [point("slices", L, shards, L, b) for L in (2, 3, 4, 6) for b in (1, L)]
     return {"vs_shards": by_m, "vs_slices": by_l}
 
 
