@@ -214,7 +214,7 @@ class _NewerSchemaError(SchemaVersionError):
         (ArtifactError("x"), 500),
         (WorkspaceError("x"), 500),
         (RetrainConflictError("x"), 409),
-        (ModelError("x"), 500),
+        (ModelError("x"), 400),
         (S3TError("x"), 500),
     ],
 )

@@ -86,3 +86,6 @@ def test_causal_lm_instruction_tuning(model, request, tmp_path) -> None:  # type
     assert system.workspace.registry().artifacts()[0].metrics != {}
     out = system.generate(["What is the capital of France?"], max_new_tokens=4)
     assert isinstance(out[0], str)
+    texts, served = system.server.generate(["a", "b"], max_new_tokens=2)
+    assert len(texts) == len(served) == 2  # the models behind each response
+    assert served[0] == system.served()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,12 @@ from s3t.engine.features import IGNORE_INDEX, FeatureStore
 from s3t.engine.loading import load_backbone
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
 from s3t.engine.train import train_stage
-from s3t.errors import ConfigError, InvalidRequestError
+from s3t.errors import (
+    ConfigError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+    WorkspaceError,
+)
 from s3t.system.api import S3T
 from s3t.system.config import LayoutSettings, S3TConfig
 from s3t.system.distributed import train_shard
@@ -173,3 +179,91 @@ def test_more_bad_inputs(trained: Path, tiny_llama: Path) -> None:
     store = FeatureStore(backbone, ["a"], prompt=["the film " * 40], response=["good"])
     labels = store.collate([0])["labels"]
     assert labels.shape[1] == 16 and int((labels != IGNORE_INDEX).sum()) >= 1
+
+
+def test_a_shard_whose_every_sample_is_deleted_stays_dead(trained: Path) -> None:
+    system = S3T.open(trained)
+    system.forget([s["id"] for s in system.samples(0)])
+    outcomes = system.retrain()
+    assert all(o.key.shard == 1 for o in outcomes)  # nothing trained on no data
+    status = system.status()
+    assert status.shards[0].served_depth == 0 and status.live_shards == 1
+    assert [s.shard for s in system.served()] == [1]  # the dead shard does not vote
+    assert system.verify().ok
+
+
+def test_a_stage_waits_for_the_encoded_samples_of_the_current_live_set(trained: Path) -> None:
+    system = S3T.open(trained)
+    victim = system.samples(0)[0]["id"]
+    system.forget([victim])
+    trainer = system._get_trainer(None)
+    registry = system.workspace.registry()
+    key = _next_key(registry, 0)
+    assert key is not None
+    stale = trainer._live_version(registry) - 1  # encoded before the deletion
+    assert trainer._run_stage(registry, key, stale) is None  # nothing trained or swapped
+    assert system.retrain() and system.verify().ok
+
+
+def _next_key(registry, shard: int) -> StageKey | None:  # type: ignore[no-untyped-def]
+    from s3t.core.schedule import next_stage
+
+    rows = registry.sequences(shard)
+    return next_stage(shard, [r.perm for r in rows], [r.depth for r in rows])
+
+
+def test_workspace_creation_is_all_or_nothing_and_one_process_wins(
+    tmp_path: Path, toy_config: S3TConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3t.system.registry import Registry
+    from s3t.system.workspace import Workspace
+
+    data = toy_dataset()
+    root = tmp_path / "ws"
+
+    def crash(self, event, detail):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # killed half-way through writing the registry
+
+    with monkeypatch.context() as m:
+        m.setattr(Registry, "audit", crash)
+        with pytest.raises(KeyboardInterrupt):
+            Workspace.create(root, toy_config, data)
+    assert sorted(p.name for p in root.iterdir()) == []  # nothing half-created is left
+
+    results: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(Workspace.create(root, toy_config, data)))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and all(isinstance(r, Workspace) for r in results)
+    assert sorted(p.name for p in root.iterdir() if "creating" in p.name) == []
+    assert len(Workspace(root).registry().sequences()) == 6
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with pytest.raises(WorkspaceError, match="is a file, not a folder"):
+        Workspace.create(not_a_folder, toy_config, data)
+
+
+def test_an_export_racing_a_deletion_chooses_again(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system = S3T.open(trained)
+    answers = iter([False, True])
+    monkeypatch.setattr(system.server, "still_valid", lambda served: next(answers))
+    system.export(0, tmp_path / "adapter")
+    assert next(answers, None) is None  # checked twice: the first choice went stale
+    monkeypatch.setattr(system.server, "still_valid", lambda served: False)
+    with pytest.raises(ServiceUnavailableError, match="retry"):
+        system.export(0, tmp_path / "adapter2")
+
+
+def test_stop_with_an_executor_is_refused(trained: Path) -> None:
+    from s3t.system.distributed import RayExecutor
+
+    with pytest.raises(InvalidRequestError, match="stop is not supported with an executor"):
+        S3T.open(trained).retrain(executor=RayExecutor(), stop=threading.Event())

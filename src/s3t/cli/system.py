@@ -91,10 +91,15 @@ def predict(
     if not inputs:
         raise InvalidRequestError("give texts to predict (arguments or --file)")
     system = _open(workspace)
+    if system.workspace.modality == "image":
+        raise InvalidRequestError(
+            "`s3t predict` takes texts; predict images with POST /predict (`s3t serve`) or "
+            "the Python API (S3T.open(...).predict(array))"
+        )
     if system.workspace.task == "instruction":
-        outputs = system.generate(inputs, max_new_tokens)
+        outputs, served = system.server.generate(inputs, max_new_tokens)
         if as_json:
-            print_json({"outputs": outputs, "served": [vars(s) for s in system.served()]})
+            print_json({"outputs": outputs, "served": [[vars(s) for s in one] for one in served]})
         else:
             table("generations", ["prompt", "response"], list(zip(inputs, outputs, strict=True)))
         return
@@ -179,18 +184,7 @@ def retrain(
         outcomes = system.retrain(
             shard or None, on_event=stage_progress(update), executor=ray_executor(ray, ray_address)
         )
-    rows = [
-        {
-            "shard": o.key.shard,
-            "slices": list(o.key.prefix),
-            "stage": o.key.stage,
-            "status": o.status,
-            "artifact": o.artifact,
-            "samples": o.samples,
-            "seconds": round(o.seconds, 3),
-        }
-        for o in outcomes
-    ]
+    rows = [o.to_dict() for o in outcomes]
     if as_json:
         print_json({"stages": rows, "status": system.status().to_dict()})
         return

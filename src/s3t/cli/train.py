@@ -182,7 +182,7 @@ def stage_progress(update: Any) -> Any:
                 event.total,
                 f"{label} loss {event.loss:.3f} · {event.samples_per_second:.0f} samples/s",
             )
-        elif event.kind in ("swapped", "reused", "discarded"):
+        elif event.kind in ("swapped", "reused", "discarded", "skipped"):
             done["stages"] += 1
             update(
                 "stages",

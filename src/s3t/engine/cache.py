@@ -100,10 +100,3 @@ class ActivationCache:
         for i, t in enumerate(tensors):
             out[i, : t.shape[0]] = t
         return out
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the cache."""
-        return sum(
-            t.numel() * t.element_size() for table in self._data.values() for t in table.values()
-        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from torch import nn
 from s3t.engine.anatomy import Anatomy, guess_family, inspect_model
 from s3t.engine.settings import Family, ModelSpec
 from s3t.errors import ConfigError, ModelError
+
+#: Held while anything seeds or draws from torch's global generator (loading a model with a
+#: fresh head, training a stage), so that threads never perturb each other's draws.
+GLOBAL_RNG = threading.RLock()
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +82,13 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
             raise ConfigError(f"a {family} model needs num_labels >= 1, got {spec.num_labels}")
         kwargs["num_labels"] = spec.num_labels
         kwargs["ignore_mismatched_sizes"] = True
-    torch.manual_seed(seed)
     try:
-        model = auto.from_pretrained(path, **kwargs)
+        with GLOBAL_RNG:
+            torch.manual_seed(seed)
+            model = auto.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise ModelError(f"cannot load {spec.name_or_path!r} as a {family} model: {exc}") from exc
     return _wrap(model, spec, family, path)
-
-
-def backbone_from_model(
-    model: nn.Module, spec: ModelSpec, tokenizer: Any | None = None
-) -> Backbone:
-    """Wrap an already built model (e.g. a tiny random model from a config in tests)."""
-    family = spec.family or guess_family(model.config)
-    backbone = _wrap(model, spec, family, None)
-    backbone.tokenizer = tokenizer if tokenizer is not None else backbone.tokenizer
-    return backbone
 
 
 def _wrap(model: nn.Module, spec: ModelSpec, family: Family, path: str | None) -> Backbone:

@@ -9,7 +9,6 @@ same stage trained twice, here or in another process, gives bit-identical tensor
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +20,11 @@ import torch.nn.functional as F
 from s3t.engine.blocks import BlockModel, State
 from s3t.engine.cache import ActivationCache
 from s3t.engine.features import IGNORE_INDEX, FeatureStore, plan_batches
+from s3t.engine.loading import GLOBAL_RNG
 from s3t.engine.settings import Family, TrainSettings
 
 log = logging.getLogger(__name__)
 
-_TRAINING = threading.Lock()
 
 #: progress(done_steps, total_steps, loss, samples_per_second)
 StepCallback = Callable[[int, int, float, float], None]
@@ -69,7 +68,7 @@ def train_stage(
     stage 1). Block ``stage`` is re-initialised from ``seed``. Stages run one at a time
     per process, so concurrent trainers stay deterministic.
     """
-    with _TRAINING:  # dropout draws from torch's global generator: one stage at a time
+    with GLOBAL_RNG:  # dropout draws from torch's global generator: one stage at a time
         return _train_stage(
             engine, store, stage, train_ids, settings, seed, val_ids, cache, on_step
         )

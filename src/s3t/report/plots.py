@@ -3,6 +3,7 @@ arrays and returns the path written; nothing here knows how the numbers were pro
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ def plot_lines(
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, "o-" if markers else "-", label=label, markersize=4)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if all(float(x).is_integer() for xs, _ in series.values() for x in xs):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # budgets, shards: no 1.25
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -85,7 +90,8 @@ def plot_bars(
     bars = ax.bar(range(len(labels)), values, color="tab:blue")
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.bar_label(bars, fmt="%.3g")
-    ax.set(ylabel=ylabel, title=title)
+    ax.set(ylabel=ylabel)
+    ax.set_title(textwrap.fill(title, width=int(fig.get_figwidth() * 9)), fontsize=10)
     if logy:
         ax.set_yscale("log")
     return _save(fig, path)
@@ -113,14 +119,24 @@ def plot_deletion_curves(
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     budgets = sorted(curve[0]["budgets"])
     xs = [row["deletions"] for row in curve]
-    for b in budgets:
-        label = f"B = {b}" + (" (SISA)" if b == 1 else "")
+    # wide solid lines under narrower dashed and dotted ones: budgets that coincide stay visible
+    styles = [("-", "o", 4.0, 8), ("--", "s", 2.5, 6), (":", "^", 2.0, 4)]
+    for i, b in enumerate(budgets):
+        ls, marker, width, size = styles[min(i, len(styles) - 1)]
+        label = f"B = {b}" + (" (SISA)" if str(b) == "1" else "")
         points = [(x, row["budgets"][b]["accuracy"]) for x, row in zip(xs, curve, strict=True)]
         alive = [(x, y) for x, y in points if y is not None]
         if alive:
-            left.plot(*zip(*alive, strict=True), "o-", label=label, markersize=4)
+            left.plot(
+                *zip(*alive, strict=True), ls=ls, marker=marker, lw=width, ms=size, label=label
+            )
         right.step(
-            xs, [row["budgets"][b]["live_shards"] for row in curve], where="post", label=label
+            xs,
+            [row["budgets"][b]["live_shards"] for row in curve],
+            where="post",
+            ls=ls,
+            lw=width,
+            label=label,
         )
     if reference is not None:
         left.axhline(reference, color="grey", ls=":", label="ordinary LoRA (no unlearning)")

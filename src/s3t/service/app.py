@@ -33,6 +33,7 @@ from s3t.errors import (
     ConfigError,
     DataError,
     InvalidRequestError,
+    ModelError,
     PartitionError,
     RetrainConflictError,
     S3TError,
@@ -49,7 +50,6 @@ from s3t.service.bodies import (
     RetrainRequest,
     S3TJSONResponse,
     image_array,
-    stage_dict,
 )
 from s3t.system.api import S3T
 from s3t.system.background import RetrainPolicy
@@ -62,6 +62,7 @@ ERROR_STATUS: dict[type[S3TError], int] = {
     InvalidRequestError: 422,
     PartitionError: 422,
     ConfigError: 400,
+    ModelError: 400,
     DataError: 400,
     SequenceError: 400,
     ServiceUnavailableError: 503,
@@ -158,10 +159,7 @@ def app_for_workspace(path: str | Path, retrain_policy: RetrainPolicy | None = N
 @router.get("/health")
 def health(state: State) -> dict[str, Any]:
     """Whether the service answers and how many shards serve; reads only the registry."""
-    served: dict[int, int] = {}
-    for row in state.system.workspace.registry().sequences():
-        served[row.shard] = max(served.get(row.shard, 0), row.depth)
-    live = sum(depth > 0 for depth in served.values())
+    live = sum(depth > 0 for depth in state.system.workspace.registry().served_depths().values())
     return {"ok": True, "live_shards": live, "failed": live == 0}
 
 
@@ -211,9 +209,9 @@ def predict(body: PredictRequest, state: State) -> dict[str, Any]:
 
 @router.post("/generate")
 def generate(body: GenerateRequest, state: State) -> dict[str, Any]:
-    """Greedy responses of a language-model workspace, and the models that produced them."""
+    """Greedy responses of a language-model workspace, and the models that produced each."""
     outputs, served = state.system.server.generate(body.prompts, body.max_new_tokens)
-    return {"outputs": outputs, "served": [asdict(s) for s in served]}
+    return {"outputs": outputs, "served": [[asdict(s) for s in one] for one in served]}
 
 
 # ----- deletion and healing --------------------------------------------------------------------
@@ -246,7 +244,6 @@ def deletion(request_id: str, state: State) -> Any:
 def retrain(body: RetrainRequest, state: State) -> Any:
     """Heal truncated sequences: now (``wait``), or in the background (202)."""
     system = state.system
-    shards = system.workspace.config.layout.shards
     if not body.wait:
         if body.shards is not None:
             raise InvalidRequestError(
@@ -254,12 +251,9 @@ def retrain(body: RetrainRequest, state: State) -> Any:
                 f"the shards its policy selects, got shards={body.shards!r}"
             )
         return _retrain_in_background(state)
-    bad = [k for k in body.shards or [] if not 0 <= k < shards]
-    if bad:
-        raise InvalidRequestError(f"shards must be in 0..{shards - 1}, got {bad!r}")
     with state.retrain_lock:
         outcomes = system.retrain(body.shards)
-    return {"stages": [stage_dict(o) for o in outcomes], "status": system.status().to_dict()}
+    return {"stages": [o.to_dict() for o in outcomes], "status": system.status().to_dict()}
 
 
 def _retrain_in_background(state: ServiceState) -> S3TJSONResponse:

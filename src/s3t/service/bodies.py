@@ -8,7 +8,7 @@ errors the service maps to status codes."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi.responses import JSONResponse
@@ -17,9 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from s3t.core.jsonable import jsonable
 from s3t.data.images import stack_images
 from s3t.errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    from s3t.system.training import StageOutcome
 
 
 class _Body(BaseModel):
@@ -97,17 +94,3 @@ def image_array(inputs: list[Any]) -> np.ndarray:
     if not inputs:
         raise InvalidRequestError("image inputs must be a non-empty list of images, got []")
     return stack_images(inputs, [str(i) for i in range(len(inputs))], "inputs")
-
-
-def stage_dict(outcome: StageOutcome) -> dict[str, Any]:
-    """Return one retrained stage's outcome as a JSON-ready dict."""
-    return {
-        "shard": outcome.key.shard,
-        "slices": list(outcome.key.prefix),
-        "stage": outcome.key.stage,
-        "status": outcome.status,
-        "artifact": outcome.artifact,
-        "samples": outcome.samples,
-        "seconds": round(outcome.seconds, 3),
-        "metrics": outcome.metrics,
-    }

@@ -20,7 +20,7 @@ import numpy as np
 from s3t.core.simulate import expected_requests_to_cover
 from s3t.data.examples import Dataset, Examples
 from s3t.engine.settings import Family
-from s3t.errors import DataError, InvalidRequestError
+from s3t.errors import ArtifactError, DataError, InvalidRequestError, ServiceUnavailableError
 from s3t.system.background import BackgroundRetrainer, RetrainPolicy
 from s3t.system.config import S3TConfig
 from s3t.system.forget import Receipt, forget, remove_stale_files
@@ -323,13 +323,23 @@ class S3T:
         """Write the model ``shard`` serves now as a standard PEFT adapter folder."""
         from s3t.engine.export import export_adapter
 
-        chosen = [s for s in self.server.selection() if s.shard == shard]
-        if not chosen:
-            raise InvalidRequestError(
-                f"shard {shard} serves no model (dead or unknown); see `s3t status`"
+        for _ in range(5):
+            chosen = [s for s in self.server.selection() if s.shard == shard]
+            if not chosen:
+                raise InvalidRequestError(
+                    f"shard {shard} serves no model (dead or unknown); see `s3t status`"
+                )
+            served = chosen[0]
+            try:
+                blocks, head = self.server.stages(served)
+            except ArtifactError:  # purged by a deletion meanwhile: choose again
+                continue
+            if self.server.still_valid([served]):  # as of now no deletion touched it
+                break
+        else:
+            raise ServiceUnavailableError(
+                "deletions kept invalidating the served model during the export; retry it"
             )
-        served = chosen[0]
-        blocks, head = self.server.stages(served)
         provenance = {
             "shard": served.shard,
             "sequence": served.seq,

@@ -39,17 +39,19 @@ class RetrainPolicy:
             raise ConfigError(f"poll_seconds must be > 0, got {self.poll_seconds!r}")
 
     def shards_due(self, workspace: Workspace) -> list[int]:
-        """Return the shards this policy says to retrain now."""
-        served: dict[int, int] = {}
-        for row in workspace.registry().sequences():
-            served[row.shard] = max(served.get(row.shard, 0), row.depth)
-        due = []
-        for shard, depth in sorted(served.items()):
-            if (self.when_dead and depth == 0) or (
-                self.min_depth is not None and depth < self.min_depth
-            ):
-                due.append(shard)
-        return due
+        """Return the shards this policy says to retrain now (never one whose every sample
+        is deleted: it has nothing to train on and stays dead)."""
+        registry = workspace.registry()
+        slices = range(workspace.config.layout.slices)
+        return [
+            shard
+            for shard, depth in sorted(registry.served_depths().items())
+            if (
+                (self.when_dead and depth == 0)
+                or (self.min_depth is not None and depth < self.min_depth)
+            )
+            and registry.live_ids(shard, slices)
+        ]
 
 
 class BackgroundRetrainer:

@@ -118,7 +118,8 @@ class RayExecutor:
             for shard in targets:
                 rows = registry.sequences(shard)
                 plan = plan_stages(shard, [r.perm for r in rows], [r.depth for r in rows])
-                if not plan:
+                alive = registry.live_ids(shard, range(trainer.config.layout.slices))
+                if not plan or not alive:  # nothing missing, or every sample deleted: dead
                     continue
                 jobs: list[Job] = [
                     (key.prefix, registry.live_ids(shard, key.prefix)) for key in plan
@@ -128,9 +129,7 @@ class RayExecutor:
                 except (RetrainConflictError, OSError):  # a deletion cut the parent: replan
                     skipped = True
                     continue
-                mine = examples.subset(
-                    registry.live_ids(shard, range(trainer.config.layout.slices))
-                )
+                mine = examples.subset(alive)
                 groups = {sid: slices_of[sid] for sid in mine.ids}
                 pending[task.remote(config, mine, shard, jobs, parents, groups)] = (shard, jobs)
                 for key in plan:

@@ -21,7 +21,7 @@ from typing import Any
 from s3t.core.partition import sample_id
 from s3t.core.schedule import truncated_depth
 from s3t.errors import InvalidRequestError, UnknownSampleError
-from s3t.system.registry import Registry
+from s3t.system.registry import Registry, chunks, served_depths
 from s3t.system.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
             shard, slice_, _ = known[sid]
             hit.setdefault(shard, set()).add(slice_)
         rows = registry.sequences()
-        before = _served(rows)
+        before = served_depths(rows)
         truncations: list[Truncation] = []
         for row in rows:
             if row.shard not in hit:
@@ -94,9 +94,9 @@ def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
                     "UPDATE sequences SET depth=? WHERE shard=? AND seq=?",
                     (depth, row.shard, row.seq),
                 )
-        after = _served_after(rows, truncations)
+        after = served_depths(rows, {(t.shard, t.seq): t.depth_after for t in truncations})
         purged = _purge_marks(db, fresh, now)
-        for chunk in _chunks(fresh):
+        for chunk in chunks(fresh):
             marks = ",".join("?" * len(chunk))
             db.execute(
                 f"UPDATE samples SET deleted_at=?, request_id=? WHERE id IN ({marks})",
@@ -147,45 +147,28 @@ def remove_stale_files(workspace: Workspace, registry: Registry | None = None) -
     ]
     removed = 0
     for path in [*stale, *workspace.orphan_files()]:
-        if path.exists():
-            path.unlink()
+        try:
+            path.unlink()  # another process may remove it first
             removed += 1
+        except FileNotFoundError:
+            pass
     return removed
 
 
 def _purge_marks(db: Any, deleted: list[str], now: float) -> list[str]:
     ids: set[str] = set()
-    for chunk in _chunks(deleted):
+    for chunk in chunks(deleted):
         marks = ",".join("?" * len(chunk))
         ids |= {
             r[0]
             for r in db.execute(f"SELECT artifact FROM lineage WHERE sample IN ({marks})", chunk)
         }
-    for chunk in _chunks(sorted(ids)):
+    for chunk in chunks(sorted(ids)):
         marks = ",".join("?" * len(chunk))
         db.execute(
             f"UPDATE artifacts SET purged=? WHERE id IN ({marks}) AND purged IS NULL", (now, *chunk)
         )
     return sorted(ids)
-
-
-def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _served(rows: list[Any]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for r in rows:
-        out[r.shard] = max(out.get(r.shard, 0), r.depth)
-    return out
-
-
-def _served_after(rows: list[Any], truncations: list[Truncation]) -> dict[int, int]:
-    cut = {(t.shard, t.seq): t.depth_after for t in truncations}
-    out: dict[int, int] = {}
-    for r in rows:
-        out[r.shard] = max(out.get(r.shard, 0), cut.get((r.shard, r.seq), r.depth))
-    return out
 
 
 def _as_list(ids: Iterable[object]) -> list[object]:

@@ -81,6 +81,18 @@ class SequenceRow:
         return self.positions[: self.depth]
 
 
+def served_depths(
+    rows: Iterable[SequenceRow], depths: dict[tuple[int, int], int] | None = None
+) -> dict[int, int]:
+    """Each shard's served depth: the longest valid prefix among its sequences (0 = dead).
+    ``depths`` overrides some sequences' depths, keyed by (shard, seq)."""
+    out: dict[int, int] = {}
+    for r in rows:
+        depth = depths.get((r.shard, r.seq), r.depth) if depths else r.depth
+        out[r.shard] = max(out.get(r.shard, 0), depth)
+    return out
+
+
 @dataclass(frozen=True)
 class ArtifactRow:
     """One stage artifact's record."""
@@ -102,14 +114,19 @@ class ArtifactRow:
 class Registry:
     """A connection to a workspace's registry database."""
 
-    def __init__(self, root: Path, create: bool = False) -> None:
+    def __init__(self, root: Path, create: bool = False, name: str = DB_NAME) -> None:
         self.root = Path(root)
-        path = self.root / DB_NAME
+        path = self.root / name
         if not create and not path.exists():
             raise WorkspaceError(
                 f"no s3t workspace at {self.root} (missing {DB_NAME}); create one with `s3t train`"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise WorkspaceError(
+                f"workspace path {self.root} is a file, not a folder; choose another --workspace"
+            ) from None
         try:
             self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -188,7 +205,7 @@ class Registry:
     def sample_rows(self, ids: Sequence[str]) -> dict[str, tuple[int, int, float | None]]:
         """Return {id: (shard, slice, deleted_at)} for the ids that exist."""
         out: dict[str, tuple[int, int, float | None]] = {}
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids):
             marks = ",".join("?" * len(chunk))
             for sid, shard, slice_, deleted in self.db.execute(
                 f"SELECT id, shard, slice, deleted_at FROM samples WHERE id IN ({marks})", chunk
@@ -237,6 +254,10 @@ class Registry:
         return out
 
     # ----- artifacts --------------------------------------------------------------------------
+    def served_depths(self) -> dict[int, int]:
+        """Each shard's served depth now (see :func:`served_depths`)."""
+        return served_depths(self.sequences())
+
     def artifact(self, artifact_id: str) -> ArtifactRow:
         """Return one artifact's record."""
         row = self.db.execute("SELECT * FROM artifacts WHERE id=?", (artifact_id,)).fetchone()
@@ -299,6 +320,7 @@ def _artifact(row: Sequence[Any]) -> ArtifactRow:
     )
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+def chunks(items: Sequence[str], size: int = 500) -> Iterator[list[str]]:
+    """Split ``items`` into lists of at most ``size`` (SQLite limits bound parameters)."""
     for i in range(0, len(items), size):
         yield list(items[i : i + size])

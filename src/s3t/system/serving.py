@@ -241,19 +241,24 @@ class Server:
 
     def generate(
         self, prompts: Sequence[str], max_new_tokens: int = 32
-    ) -> tuple[list[str], list[Served]]:
-        """Greedy generation with next-token logits averaged over the live shards."""
+    ) -> tuple[list[str], list[list[Served]]]:
+        """Greedy generation with next-token logits averaged over the live shards; returns
+        the responses and, for each, the models that produced it."""
         if self.ws.task != "instruction":
             raise InvalidRequestError("generate() needs a workspace holding a causal LM")
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise InvalidRequestError("prompts must be a non-empty list of strings")
         engine = self.engine
         tokenizer: Any = engine.backbone.tokenizer
-        outputs = []
+        outputs: list[str] = []
+        provenance: list[list[Served]] = []
         for prompt in prompts:
             for _ in range(5):
                 served = self.selection()
-                text = self._generate_one(served, tokenizer, prompt, max_new_tokens)
+                try:
+                    text = self._generate_one(served, tokenizer, prompt, max_new_tokens)
+                except ArtifactError:  # a stage purged by a deletion meanwhile: choose again
+                    continue
                 if self.still_valid(served):
                     break
             else:
@@ -261,7 +266,8 @@ class Server:
                     "deletions kept invalidating the served models; retry"
                 )
             outputs.append(text)
-        return outputs, served
+            provenance.append(served)
+        return outputs, provenance
 
     def _generate_one(
         self, served: list[Served], tokenizer: Any, prompt: str, max_new_tokens: int

@@ -27,7 +27,7 @@ from s3t.core.schedule import StageKey, next_stage, plan_stages, samples_digest
 from s3t.engine.artifacts import read_stage, write_atomic
 from s3t.engine.blocks import State
 from s3t.engine.loading import Backbone
-from s3t.errors import ArtifactError, RetrainConflictError
+from s3t.errors import ArtifactError, InvalidRequestError, RetrainConflictError
 from s3t.system.registry import Registry
 from s3t.system.stage_worker import StageWorker, TrainedStage
 from s3t.system.workspace import Workspace
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StageEvent:
-    """Progress of the trainer: ``kind`` is start, step, swapped, reused or discarded."""
+    """Progress of the trainer: ``kind`` is plan, start, step, swapped, reused, discarded or
+    skipped (a shard whose every sample is deleted stays dead)."""
 
     kind: str
     key: StageKey
@@ -55,7 +56,7 @@ class Executor(Protocol):
     """Trains a trainer's missing stages somewhere else and commits them through it."""
 
     def complete(
-        self, trainer: Trainer, shards: Sequence[int] | None = None
+        self, trainer: Trainer, shards: Sequence[int] | None = None, max_rounds: int = 100
     ) -> list[StageOutcome]: ...
 
 
@@ -69,6 +70,19 @@ class StageOutcome:
     seconds: float
     samples: int
     metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "shard": self.key.shard,
+            "slices": list(self.key.prefix),
+            "stage": self.key.stage,
+            "status": self.status,
+            "artifact": self.artifact,
+            "samples": self.samples,
+            "seconds": round(self.seconds, 3),
+            "metrics": self.metrics,
+        }
 
 
 class Trainer:
@@ -108,7 +122,12 @@ class Trainer:
         stage. An ``executor`` (e.g. :class:`~s3t.system.distributed.RayExecutor`) trains
         elsewhere; committing stays here."""
         if executor is not None:
-            return executor.complete(self, shards)
+            if stop is not None:
+                raise InvalidRequestError(
+                    "stop is not supported with an executor: its shards train in parallel "
+                    "tasks until done; run without an executor to stop after a stage"
+                )
+            return executor.complete(self, shards, max_rounds=max_rounds)
         registry = self.ws.registry()
         targets = (
             sorted({s.shard for s in registry.sequences()}) if shards is None else list(shards)
@@ -129,11 +148,17 @@ class Trainer:
                 key = next_stage(shard, [r.perm for r in rows], [r.depth for r in rows])
                 if key is None:
                     break
+                if not registry.live_ids(shard, range(self.config.layout.slices)):
+                    self.on_event(StageEvent("skipped", key, detail={"reason": "no live samples"}))
+                    break  # every sample of the shard is deleted: it stays dead, never random
                 live = self._live_version(registry)
                 if live != seen:  # the live samples as they are now; deleted ones are gone
                     self.worker.use_examples(self.ws.examples(), live_slices(registry))
                     seen = live
-                outcomes.append(self._run_stage(registry, key))
+                outcome = self._run_stage(registry, key, live)
+                if outcome is None:
+                    continue  # a deletion landed meanwhile: rebuild the encoded samples first
+                outcomes.append(outcome)
                 discarded += outcomes[-1].status == "discarded"
                 if discarded > max_rounds:
                     raise RetrainConflictError(
@@ -152,7 +177,10 @@ class Trainer:
         )
 
     # ----- one stage -------------------------------------------------------------------------
-    def _run_stage(self, registry: Registry, key: StageKey) -> StageOutcome:
+    def _run_stage(self, registry: Registry, key: StageKey, live: int) -> StageOutcome | None:
+        """Train (or reuse) one stage and swap it in. Returns ``None`` when a deletion
+        landed after the encoded samples of version ``live`` were built, so that the
+        stage's data and its cached activations come from the same set of live samples."""
         try:
             parent = parent_chain(registry, key)
             parent_tensors = [self.tensors(a) for a in parent]
@@ -160,6 +188,8 @@ class Trainer:
             self.on_event(StageEvent("discarded", key, detail={"reason": str(gone)}))
             return StageOutcome(key, None, "discarded", 0.0, 0, {})
         data = registry.live_ids(key.shard, key.prefix)
+        if self._live_version(registry) != live:
+            return None
         existing = registry.find_artifact(
             key.shard, key.prefix, samples_digest(data), self.config.config_hash()
         )
@@ -235,7 +265,10 @@ class Trainer:
         depth of every sequence waiting for this stage. Returns why the stage was
         discarded instead (its data or parent went stale meanwhile), or ``None``."""
         with registry.transaction() as db:
-            deleted = _deleted_among(db, data)
+            deleted = [s for s, row in registry.sample_rows(data).items() if row[2] is not None]
+            registered = (
+                db.execute("SELECT 1 FROM artifacts WHERE id=?", (artifact,)).fetchone() is not None
+            )
             waiting = [
                 r
                 for r in registry.sequences(key.shard)
@@ -249,14 +282,14 @@ class Trainer:
             elif not waiting:
                 problem = "no sequence is waiting for it any more (its parent changed)"
             if problem:
-                if new_file and not _referenced(db, artifact):
+                if new_file and not registered:
                     self.ws.artifact_path(artifact).unlink(missing_ok=True)
                 registry.audit(
                     "stage-discarded",
                     {"shard": key.shard, "prefix": list(key.prefix), "reason": problem},
                 )
                 return problem
-            if db.execute("SELECT 1 FROM artifacts WHERE id=?", (artifact,)).fetchone() is None:
+            if not registered:
                 db.execute(
                     "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                     (
@@ -313,21 +346,3 @@ def parent_chain(registry: Registry, key: StageKey) -> tuple[str, ...]:
         if row.perm[: key.stage - 1] == key.prefix[:-1] and row.depth >= key.stage - 1:
             return row.positions[: key.stage - 1]
     raise RetrainConflictError(f"no valid parent for {key.label()}")
-
-
-def _deleted_among(db: Any, ids: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for i in range(0, len(ids), 500):
-        chunk = list(ids[i : i + 500])
-        marks = ",".join("?" * len(chunk))
-        out += [
-            r[0]
-            for r in db.execute(
-                f"SELECT id FROM samples WHERE id IN ({marks}) AND deleted_at IS NOT NULL", chunk
-            )
-        ]
-    return out
-
-
-def _referenced(db: Any, artifact: str) -> bool:
-    return db.execute("SELECT 1 FROM artifacts WHERE id=?", (artifact,)).fetchone() is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -71,9 +72,7 @@ class Workspace:
         return sorted(
             path
             for path in folder.rglob("*")
-            if path.is_file()
-            and path.name.split(".", 1)[0] not in known
-            and path.stat().st_mtime < cutoff
+            if path.name.split(".", 1)[0] not in known and _modified_before(path, cutoff)
         )
 
     def examples(self, table: str = "sample_data") -> Examples:
@@ -82,6 +81,14 @@ class Workspace:
         for sid, record in self.registry().payloads(table):
             ids.append(sid)
             records.append(record)
+        if not records:
+            raise WorkspaceError(
+                "this workspace stores no test split: create it with --test-fraction, or pass "
+                "labelled examples to evaluate"
+                if table == "eval_data"
+                else "every training sample of this workspace has been deleted: there is "
+                "nothing left to train on or retrain"
+            )
         return examples_from_records(ids, records, self.task, self.label_names)
 
     def has_test_split(self) -> bool:
@@ -100,6 +107,10 @@ class Workspace:
         """Create a workspace for ``dataset`` (or reopen it if it already holds exactly
         this configuration and data, so that an interrupted training can resume)."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(
+                f"workspace path {root} is a file, not a folder; choose another --workspace"
+            )
         if (root / DB_NAME).exists():
             existing = cls(root)
             if existing.config.to_dict() != config.to_dict():
@@ -137,12 +148,19 @@ class Workspace:
             )
             for shard in range(config.layout.shards)
         ]
+        # Written whole under a private name, then linked into place: a crash leaves no
+        # half-created registry, and of two processes creating at once exactly one wins.
+        scratch = f"{DB_NAME}.creating-{os.getpid()}-{threading.get_ident()}"
         try:
-            cls._write(root, config, dataset, priors, layout.assignment, sequences)
-        except BaseException:
-            for suffix in ("", "-wal", "-shm"):  # nothing of a half-created workspace stays
-                (root / (DB_NAME + suffix)).unlink(missing_ok=True)
-            raise
+            cls._write(root, config, dataset, priors, layout.assignment, sequences, scratch)
+            _fsync(root / scratch)
+            os.link(root / scratch, root / DB_NAME)
+            _fsync(root)
+        except FileExistsError:  # another process created it meanwhile: resume that one
+            return cls.create(root, config, dataset, risk)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (root / (scratch + suffix)).unlink(missing_ok=True)
         return cls(root)
 
     @staticmethod
@@ -153,9 +171,10 @@ class Workspace:
         priors: np.ndarray,
         assignment: Any,
         sequences: list[list[tuple[int, ...]]],
+        name: str,
     ) -> None:
         train = dataset.train
-        registry = Registry(root, create=True)
+        registry = Registry(root, create=True, name=name)
         try:
             with registry.transaction() as db:
                 registry.set_meta("config", config.to_dict())
@@ -203,8 +222,25 @@ class Workspace:
                         "slice_priors": priors.round(6).tolist(),
                     },
                 )
+            registry.db.execute("PRAGMA journal_mode=DELETE")  # the file alone holds it all
         finally:
             registry.close()
+
+
+def _modified_before(path: Path, cutoff: float) -> bool:
+    """Whether ``path`` is a file last modified before ``cutoff`` (False once it is gone)."""
+    try:
+        return path.is_file() and path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _strata(config: S3TConfig, train: Examples) -> list[int] | None:
