@@ -97,6 +97,11 @@ def _csv(path: Path, n: int = 90) -> Path:
     return path
 
 
+def _train(ws: Path, model: Path, data: Path | str) -> list[str]:
+    """The start of an `s3t train` command line."""
+    return ["train", "-w", str(ws), "--model", str(model), "--data", str(data)]
+
+
 @pytest.fixture(scope="module")
 def trained_ws(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     root = tmp_path_factory.mktemp("cli")
@@ -104,13 +109,7 @@ def trained_ws(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Pat
     ws = root / "ws"
     out = json.loads(
         run(
-            "train",
-            "-w",
-            str(ws),
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(data),
+            *_train(ws, tiny_bert, data),
             "--id-column",
             "uid",
             "--text-column",
@@ -187,26 +186,14 @@ def test_clear_errors_before_any_training(tmp_path: Path, tiny_bert: Path) -> No
     data = _csv(tmp_path / "r.csv")
     ws = tmp_path / "ws"
     missing = run_main(
-        "train",
-        "-w",
-        str(ws),
-        "--model",
-        str(tiny_bert),
-        "--data",
-        str(data),
+        *_train(ws, tiny_bert, data),
         "--text-column",
         "body",
     )
     assert missing.returncode == 2
     assert "body" in missing.stderr and "review" in missing.stderr  # names it and lists columns
     not_model = run_main(
-        "train",
-        "-w",
-        str(ws),
-        "--model",
-        str(tmp_path),
-        "--data",
-        str(data),
+        *_train(ws, tmp_path, data),
         "--text-column",
         "review",
         "--label-column",
@@ -214,13 +201,7 @@ def test_clear_errors_before_any_training(tmp_path: Path, tiny_bert: Path) -> No
     )
     assert not_model.returncode == 2 and "not a loadable transformer model" in not_model.stderr
     labels = run_main(
-        "train",
-        "-w",
-        str(ws),
-        "--model",
-        str(tiny_bert),
-        "--data",
-        "builtin:digits",
+        *_train(ws, tiny_bert, "builtin:digits"),
     )
     assert labels.returncode == 2 and "image" in labels.stderr
     assert not ws.exists()

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from s3t.experiments.common import ExperimentSettings, Say, model_layers, write_results
+from s3t.experiments.common import (
+    ExperimentSettings,
+    Say,
+    fresh_workspace,
+    model_layers,
+    write_results,
+)
 from s3t.report.plots import plot_bars
 from s3t.system.api import S3T
 
@@ -27,12 +32,7 @@ def run_ablation(settings: ExperimentSettings, out: Path, say: Say = print) -> d
     rows: list[dict[str, Any]] = []
     for label, lora in variants:
         say(f"ablation: {label}")
-        root = (
-            out
-            / "workspaces"
-            / label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        root = fresh_workspace(out, label)
         began = time.perf_counter()
         system = S3T.fit(root, data, settings.config(1, L, 1, **lora))
         seconds = time.perf_counter() - began

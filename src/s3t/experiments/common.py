@@ -5,6 +5,7 @@ under several budgets at once, and writing results."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -133,6 +134,14 @@ class BudgetScorer:
                 self._memo[s.artifacts] = computed[s.shard]
         mean = torch.stack([self._memo[s.artifacts] for s in served]).mean(0)
         return float((mean.argmax(-1).numpy() == np.asarray(self.test.labels)).mean())
+
+
+def fresh_workspace(out: Path, label: str) -> Path:
+    """An emptied folder ``out/workspaces/<label as a file name>`` for one run."""
+    name = "".join(c if c.isalnum() or c in "=-." else "_" for c in label).strip("_")
+    root = out / "workspaces" / name
+    shutil.rmtree(root, ignore_errors=True)
+    return root
 
 
 def write_results(out: Path, name: str, results: dict[str, Any]) -> Path:

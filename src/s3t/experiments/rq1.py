@@ -4,12 +4,18 @@ each stage and the baseline with the same number of epochs."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from s3t.experiments.common import ExperimentSettings, Say, full_lora, model_layers, write_results
+from s3t.experiments.common import (
+    ExperimentSettings,
+    Say,
+    fresh_workspace,
+    full_lora,
+    model_layers,
+    write_results,
+)
 from s3t.report.plots import plot_bars
 from s3t.system.api import S3T
 
@@ -27,12 +33,7 @@ def run_rq1(
     rows: list[dict[str, Any]] = []
     for label, config in runs:
         say(f"rq1: {label} on {len(data.train)} samples")
-        root = (
-            out
-            / "workspaces"
-            / label.split(",")[-1].strip().replace(" ", "_").replace("(", "").replace(")", "")
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        root = fresh_workspace(out, label)
         began = time.perf_counter()
         system = S3T.fit(root, data, config)
         seconds = time.perf_counter() - began
