@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import toy_dataset
+from helpers import marked_dataset, toy_dataset
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
 from s3t.system.api import S3T
 from s3t.system.config import LayoutSettings, S3TConfig
@@ -73,6 +73,21 @@ def toy_config(tiny_bert: Path) -> S3TConfig:
 def trained_template(tmp_path_factory: pytest.TempPathFactory, toy_config: S3TConfig) -> Path:
     root = tmp_path_factory.mktemp("template") / "ws"
     S3T.fit(root, toy_dataset(), toy_config)
+    return root
+
+
+@pytest.fixture(scope="session")
+def marked_template(tmp_path_factory: pytest.TempPathFactory, toy_config: S3TConfig) -> Path:
+    root = tmp_path_factory.mktemp("marked") / "ws"
+    S3T.fit(root, marked_dataset(), toy_config)
+    return root
+
+
+@pytest.fixture
+def marked(tmp_path: Path, marked_template: Path) -> Path:
+    """A fresh copy of a trained workspace whose training texts hold marker strings."""
+    root = tmp_path / "marked"
+    shutil.copytree(marked_template, root)
     return root
 
 

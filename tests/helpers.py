@@ -4,6 +4,7 @@ alone (no registry, no trainer), on slices recomputed from the partition."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,11 @@ from s3t.engine.blocks import BlockModel, State
 from s3t.engine.features import FeatureStore
 from s3t.engine.loading import load_backbone
 from s3t.engine.train import train_stage
+from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
+from s3t.system.store.registry import Registry
+from s3t.system.store.workspace import Workspace
+from s3t.system.training.reference import stage_tensors
 from tiny import sentiment_texts
 
 
@@ -41,6 +46,36 @@ def toy_dataset(n: int = 120, test: int = 30, seed: int = 0) -> Dataset:
             label_names=names,
         ),
     )
+
+
+MARKERS = [f"ZQMARK{i:04d}QZ" for i in range(12)]
+
+
+def marked_dataset(n: int = 120, test: int = 30) -> Dataset:
+    """The toy dataset with a unique marker string in 12 training texts (the even ones also
+    thousands of characters long, so SQLite keeps them on overflow pages), to look for in
+    the raw bytes of a workspace's files."""
+    base = toy_dataset(n, test)
+    texts = list(base.train.text or ())
+    for i, marker in enumerate(MARKERS):
+        row = 5 + 9 * i
+        filler = " good film" * (400 if i % 2 == 0 else 1)
+        texts[row] = f"{marker} {texts[row]}{filler} {marker}"
+    return Dataset("marked", replace(base.train, text=tuple(texts)), base.test)
+
+
+def marker_ids(data: Dataset) -> dict[str, str]:
+    """marker -> the id of the training sample that holds it."""
+    return {
+        m: next(sid for sid, t in zip(data.train.ids, data.train.text or (), strict=True) if m in t)
+        for m in MARKERS
+    }
+
+
+def files_holding(root: Path, needle: str) -> list[Path]:
+    """Every file under ``root`` whose raw bytes contain ``needle`` (UTF-8)."""
+    raw = needle.encode()
+    return sorted(p for p in root.rglob("*") if p.is_file() and raw in p.read_bytes())
 
 
 def scratch_stages(
@@ -95,11 +130,41 @@ def assert_same_state(a: State, b: State) -> None:
         assert torch.equal(a[name], b[name]), f"{name} differs by {(a[name] - b[name]).abs().max()}"
 
 
+def split_logits(engine: BlockModel, texts: list[str], depth: int) -> np.ndarray:
+    """Logits of a depth-``depth`` model, one text at a time, computed as the server does:
+    the base model's hidden states up to the lowest trained layer, then the rest."""
+    out = []
+    engine.set_eval()
+    with torch.no_grad():
+        for text in texts:
+            store = FeatureStore(engine.backbone, ["x"], text=[text])
+            batch = store.collate([0])
+            start = engine.start_layer(depth)
+            hidden = engine.hidden_states_at(batch, [start])[start] if start > 0 else None
+            out.append(engine.forward(batch, start, hidden).numpy()[0])
+    return np.asarray(out)
+
+
 def logits_of(engine: BlockModel, texts: list[str]) -> np.ndarray:
     store = FeatureStore(engine.backbone, [str(i) for i in range(len(texts))], text=texts)
     engine.set_eval()
     with torch.no_grad():
         return engine.forward(store.collate(list(range(len(texts))))).numpy()
+
+
+def workspace_of(system: S3T) -> Workspace:
+    """The workspace behind a system, opened anew (white-box tests only)."""
+    return Workspace(system.path)
+
+
+def registry_of(system: S3T) -> Registry:
+    """A registry connection to a system's workspace (white-box tests only)."""
+    return workspace_of(system).registry()
+
+
+def tensors_of(system: S3T, artifact: str) -> tuple[State, State]:
+    """(block, head) tensors of one of a system's artifacts."""
+    return stage_tensors(workspace_of(system), artifact)
 
 
 def workspace_files(root: Path) -> list[Path]:

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "S3T": "s3t.system.api",
     "Status": "s3t.system.api",
-    "RetrainPolicy": "s3t.system.background",
+    "RetrainPolicy": "s3t.system.training.background",
     "S3TConfig": "s3t.system.config",
     "LayoutSettings": "s3t.system.config",
     "ModelSpec": "s3t.engine.settings",

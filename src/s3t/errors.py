@@ -12,6 +12,7 @@ these classes to status codes in a single table (``s3t.service.app.ERROR_STATUS`
     ├── ModelError (ValueError)             a model s3t cannot train (no transformer layers)
     ├── InvalidRequestError (ValueError)    an empty or malformed request (forget / predict)
     ├── UnknownSampleError (KeyError)       sample ids the workspace never held
+    ├── UnknownRequestError (KeyError)      a deletion request id the workspace never issued
     ├── WorkspaceError (RuntimeError)       a missing, locked or corrupted workspace
     │   ├── SchemaVersionError              a workspace written by another schema version
     │   └── ArtifactError                   an artifact file missing or not matching its record
@@ -63,6 +64,13 @@ class UnknownSampleError(S3TError, KeyError):
             f"unknown sample id(s): {shown}{more}; nothing was changed. "
             "List known ids with `s3t samples`."
         )
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class UnknownRequestError(S3TError, KeyError):
+    """A deletion request id that the workspace never issued."""
 
     def __str__(self) -> str:  # KeyError would repr() the message otherwise
         return str(self.args[0])

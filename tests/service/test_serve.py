@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from s3t.cli.main import app
 from s3t.cli.serve import retrain_policy
-from s3t.errors import ConfigError
-from s3t.system.background import RetrainPolicy
+from s3t.errors import InvalidRequestError
+from s3t.system.training.background import RetrainPolicy
 
 runner = CliRunner()
 
@@ -63,5 +63,5 @@ def test_serve_runs_the_workspace_app_and_shutdown_stops_retraining(
 
 def test_a_policy_deeper_than_the_workspace_is_refused(workspace: Path) -> None:
     result = runner.invoke(app, ["serve", "-w", str(workspace), "--retrain", "depth:4"])
-    assert isinstance(result.exception, ConfigError)
+    assert isinstance(result.exception, InvalidRequestError)
     assert "got 4" in str(result.exception)

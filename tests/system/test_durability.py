@@ -3,6 +3,7 @@ rule, and background retraining while requests are served."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -12,16 +13,18 @@ import textwrap
 import time
 from pathlib import Path
 
+from helpers import registry_of, workspace_of
 from s3t.core.schedule import StageKey
 from s3t.system.api import S3T
-from s3t.system.background import RetrainPolicy
-from s3t.system.workspace import Workspace
+from s3t.system.store.workspace import Workspace
+from s3t.system.training.background import RetrainPolicy
+from s3t.system.training.trainer import Trainer
 
 FORGET_LOOP = textwrap.dedent(
     """
     import sys
     from s3t.system.forget import forget
-    from s3t.system.workspace import Workspace
+    from s3t.system.store.workspace import Workspace
     ws = Workspace(sys.argv[1])
     print("READY", flush=True)
     for sid in sys.argv[2:]:
@@ -33,13 +36,12 @@ FORGET_LOOP = textwrap.dedent(
 RETRAIN = textwrap.dedent(
     """
     import sys, time, random
-    from s3t.system.api import S3T
-    system = S3T.open(sys.argv[1])
-    trainer = system._get_trainer()
+    from s3t.system.store.workspace import Workspace
+    from s3t.system.training.trainer import Trainer
     def hook(key):
         print("SWAP", key.shard, flush=True)
         time.sleep(random.random() * 0.05)
-    trainer.before_swap = hook
+    trainer = Trainer(Workspace(sys.argv[1]), before_swap=hook)
     print("READY", flush=True)
     trainer.complete()
     print("DONE", flush=True)
@@ -56,15 +58,13 @@ def _child(script: str, *args: str) -> subprocess.Popen[str]:
 
 def _check_consistent(root: Path, acknowledged: set[str]) -> None:
     system = S3T.open(root)  # opening removes files purged but not yet unlinked
-    deleted = {s["id"] for s in system.samples(include_deleted=True) if s["deleted_at"]}
+    deleted = {s.id for s in system.samples(include_deleted=True) if s.deleted_at}
     assert acknowledged <= deleted, acknowledged - deleted
     report = system.verify()
     assert report.ok, report.violations
-    db = system.workspace.registry().db
+    db = registry_of(system).db
     in_requests = set()
     for (ids,) in db.execute("SELECT sample_ids FROM deletions"):
-        import json
-
         in_requests |= set(json.loads(ids))
     assert deleted <= in_requests  # no sample deleted without its request on record
     stored = {r[0] for r in db.execute("SELECT id FROM sample_data")}
@@ -73,7 +73,7 @@ def _check_consistent(root: Path, acknowledged: set[str]) -> None:
 
 def test_sigkill_at_random_points_of_forget_loses_no_acknowledged_deletion(trained: Path) -> None:
     rng = random.Random(7)
-    ids = [s["id"] for s in S3T.open(trained).samples()]
+    ids = [s.id for s in S3T.open(trained).samples()]
     rng.shuffle(ids)
     acknowledged: set[str] = set()
     kills = 0
@@ -95,8 +95,8 @@ def test_sigkill_at_random_points_of_forget_loses_no_acknowledged_deletion(train
 def test_sigkill_during_retrain_swaps_keeps_every_acknowledged_deletion(trained: Path) -> None:
     rng = random.Random(3)
     system = S3T.open(trained)
-    system.forget([s["id"] for s in system.samples(0)[:2]] + [system.samples(1)[0]["id"]])
-    acknowledged = {s["id"] for s in system.samples(include_deleted=True) if s["deleted_at"]}
+    system.forget([s.id for s in system.samples(0)[:2]] + [system.samples(1)[0].id])
+    acknowledged = {s.id for s in system.samples(include_deleted=True) if s.deleted_at}
     for _ in range(3):
         child = _child(RETRAIN, str(trained))
         assert child.stdout is not None
@@ -108,7 +108,7 @@ def test_sigkill_during_retrain_swaps_keeps_every_acknowledged_deletion(trained:
                 swaps += 1
                 if rng.random() < 0.5:  # a deletion racing the swap, from another process
                     shard = int(line.split()[1])
-                    victim = rng.choice(system.samples(shard))["id"]
+                    victim = rng.choice(system.samples(shard)).id
                     system.forget([victim])
                     acknowledged.add(victim)
                 if swaps >= stop_after:
@@ -125,22 +125,20 @@ def test_sigkill_during_retrain_swaps_keeps_every_acknowledged_deletion(trained:
 def test_a_retrain_whose_data_saw_a_later_deletion_is_discarded_and_requeued(trained: Path) -> None:
     system = S3T.open(trained)
     first = system.samples(0)[0]
-    system.forget([first["id"]])  # truncate some shard-0 sequences
-    trainer = system._get_trainer()
+    system.forget([first.id])  # truncate some shard-0 sequences
     victims: list[str] = []
 
     def delete_during_training(key: StageKey) -> None:
         if victims:
             return
-        live = system.workspace.registry().live_ids(key.shard, key.prefix)
+        live = registry_of(system).live_ids(key.shard, key.prefix)
         victims.append(live[0])
         system.forget([live[0]])  # arrives after the stage's data was read
 
-    trainer.before_swap = delete_during_training
-    outcomes = trainer.complete()
+    outcomes = Trainer(workspace_of(system), before_swap=delete_during_training).complete()
     assert outcomes[0].status == "discarded"
     assert {o.status for o in outcomes[1:]} <= {"trained", "reused"}
-    registry = system.workspace.registry()
+    registry = registry_of(system)
     for row in registry.sequences():
         assert row.depth == 3
         for artifact in row.active():
@@ -153,10 +151,8 @@ def test_a_retrain_whose_data_saw_a_later_deletion_is_discarded_and_requeued(tra
 def test_background_retraining_heals_a_dead_shard_while_serving(trained: Path) -> None:
     system = S3T.open(trained, retrain_policy=RetrainPolicy(when_dead=True, poll_seconds=0.05))
     try:
-        rows = system.workspace.registry().sequences(1)
-        killers = [
-            next(s["id"] for s in system.samples(1) if s["slice"] == r.perm[0]) for r in rows
-        ]
+        rows = registry_of(system).sequences(1)
+        killers = [next(s.id for s in system.samples(1) if s.slice == r.perm[0]) for r in rows]
         receipt = system.forget(killers)
         assert receipt.served_depth_after[1] == 0
         served_during = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import toy_dataset
+from helpers import registry_of, toy_dataset
 from s3t.errors import ConfigError, WorkspaceError
 from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
@@ -35,7 +35,7 @@ def test_rerunning_after_a_crash_continues_at_the_first_missing_stage(
     system = S3T.fit(
         tmp_path / "ws", toy_dataset(), toy_config, on_event=lambda e: kinds.append(e.kind)
     )
-    registry = system.workspace.registry()
+    registry = registry_of(system)
     assert all(r.depth == 3 for r in registry.sequences())
     total = sum(len(r.positions) for r in registry.sequences())
     assert kinds.count("start") == total - 2  # the two finished stages were not trained again
@@ -70,7 +70,7 @@ def test_shared_prefixes_are_trained_once(tmp_path: Path, toy_config: S3TConfig)
         config,
         on_event=lambda e: e.kind == "start" and starts.append(e.key.prefix),
     )
-    rows = system.workspace.registry().sequences(0)
+    rows = registry_of(system).sequences(0)
     assert [r.perm for r in rows] == [(0, 1, 2), (2, 0, 1), (1, 2, 0), (0, 2, 1)]
     assert rows[0].positions[0] == rows[3].positions[0]
     assert len(starts) == len(set(starts)) == 4 * 3 - 1
@@ -92,13 +92,13 @@ def test_resuming_needs_the_same_data_and_never_brings_deleted_samples_back(
     trained: Path, toy_config: S3TConfig
 ) -> None:
     system = S3T.open(trained)
-    victim = system.samples(0)[0]["id"]
+    victim = system.samples(0)[0].id
     system.forget([victim])
     with pytest.raises(WorkspaceError, match="holds 120 samples but the data given has 100"):
         S3T.fit(trained, toy_dataset(100), toy_config)
     again = S3T.fit(trained, toy_dataset(), toy_config)  # the original data, victim included
-    assert victim not in {s["id"] for s in again.samples()}
-    for row in again.workspace.registry().sequences():
+    assert victim not in {s.id for s in again.samples()}
+    for row in registry_of(again).sequences():
         for artifact in row.active():
-            assert victim not in again.workspace.registry().lineage(artifact)
+            assert victim not in registry_of(again).lineage(artifact)
     assert again.verify().ok

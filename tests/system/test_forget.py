@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import registry_of, workspace_of
 from s3t.errors import (
     InvalidRequestError,
     PartitionError,
@@ -14,7 +15,7 @@ from s3t.system.api import S3T
 
 
 def _snapshot(system: S3T) -> tuple:
-    db = system.workspace.registry().db
+    db = registry_of(system).db
     return (
         db.execute("SELECT * FROM samples ORDER BY id").fetchall(),
         db.execute("SELECT * FROM sequences ORDER BY shard, seq").fetchall(),
@@ -25,7 +26,7 @@ def _snapshot(system: S3T) -> tuple:
 
 def test_unknown_ids_change_nothing_and_are_all_named(trained) -> None:  # type: ignore[no-untyped-def]
     system = S3T.open(trained)
-    known = system.samples()[0]["id"]
+    known = system.samples()[0].id
     before = _snapshot(system)
     with pytest.raises(UnknownSampleError) as err:
         system.forget([known, "ghost-1", "ghost-2"])
@@ -52,9 +53,9 @@ def test_malformed_requests_change_nothing(trained, ids, error, message) -> None
 
 def test_receipt_truncation_and_erasure(trained) -> None:  # type: ignore[no-untyped-def]
     system = S3T.open(trained)
-    registry = system.workspace.registry()
+    registry = registry_of(system)
     row = registry.sequences(0)[1]
-    victim = next(s["id"] for s in system.samples(0) if s["slice"] == row.perm[2])
+    victim = next(s.id for s in system.samples(0) if s.slice == row.perm[2])
     receipt = system.forget([victim])
     assert receipt.deleted == [victim] and receipt.already_deleted == []
     cut = {(t.shard, t.seq): t for t in receipt.truncated}
@@ -69,30 +70,28 @@ def test_receipt_truncation_and_erasure(trained) -> None:  # type: ignore[no-unt
         "SELECT deleted_at IS NOT NULL FROM samples WHERE id=?", (victim,)
     ).fetchone()[0]
     for artifact in receipt.purged_artifacts:
-        assert not system.workspace.artifact_path(artifact).exists()
+        assert not workspace_of(system).files.path(artifact).exists()
         assert victim in registry.lineage(artifact)
     assert set(receipt.purged_artifacts) >= set(cut[(0, 1)].deactivated)
 
 
 def test_repeat_requests_are_idempotent(trained) -> None:  # type: ignore[no-untyped-def]
     system = S3T.open(trained)
-    victim = system.samples(1)[0]["id"]
+    victim = system.samples(1)[0].id
     first = system.forget([victim])
-    depths = [r.depth for r in system.workspace.registry().sequences()]
+    depths = [r.depth for r in registry_of(system).sequences()]
     second = system.forget([victim])
     assert second.deleted == [] and second.already_deleted == [victim]
     assert second.truncated == [] and second.purged_artifacts == []
-    assert [r.depth for r in system.workspace.registry().sequences()] == depths
+    assert [r.depth for r in registry_of(system).sequences()] == depths
     assert first.request_id != second.request_id
     assert len(system.audit()) > 0 and system.verify().ok
 
 
 def test_every_shard_dead_means_no_answer(trained) -> None:  # type: ignore[no-untyped-def]
     system = S3T.open(trained)
-    firsts = {(r.shard, r.perm[0]) for r in system.workspace.registry().sequences()}
-    victims = [
-        next(s["id"] for s in system.samples(k) if s["slice"] == sl) for k, sl in sorted(firsts)
-    ]
+    firsts = {(r.shard, r.perm[0]) for r in registry_of(system).sequences()}
+    victims = [next(s.id for s in system.samples(k) if s.slice == sl) for k, sl in sorted(firsts)]
     receipt = system.forget(victims)
     assert receipt.failed
     status = system.status()

@@ -9,7 +9,7 @@ from s3t.data.examples import Dataset, Examples
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
 from s3t.system.api import S3T
 from s3t.system.config import LayoutSettings, S3TConfig
-from s3t.system.membership import attack_auc, membership_report
+from s3t.system.serving.membership import attack_auc
 from tiny import save_tiny_text_model, sentiment_texts
 
 
@@ -35,17 +35,17 @@ def test_deleted_samples_score_like_unseen_ones(tmp_path) -> None:  # type: igno
         train=TrainSettings(lr=2e-2, epochs=25, batch_size=10),
     )
     system = S3T.fit(tmp_path / "ws", Dataset("random-labels", train), config)
-    perm = system.workspace.registry().sequences(0)[0].perm
-    late = [s["id"] for s in system.samples(0) if s["slice"] == perm[1]]
-    early = [s["id"] for s in system.samples(0) if s["slice"] == perm[0]]
-    before = membership_report(system.server, train.subset(late[:60]), train.subset(early), unseen)
+    perm = system.sequences(0)[0].perm
+    late = [s.id for s in system.samples(0) if s.slice == perm[1]]
+    early = [s.id for s in system.samples(0) if s.slice == perm[0]]
+    before = system.membership(train.subset(late[:60]), train.subset(early), unseen)
     assert before.deleted_vs_unseen > 0.65  # the attack works on members
     system.forget(late[:60])
-    after = membership_report(system.server, train.subset(late[:60]), train.subset(early), unseen)
+    after = system.membership(train.subset(late[:60]), train.subset(early), unseen)
     assert abs(after.deleted_vs_unseen - 0.5) < 0.12
     assert after.retained_vs_unseen > 0.65
     system.retrain()
-    healed = membership_report(system.server, train.subset(late[:60]), train.subset(early), unseen)
+    healed = system.membership(train.subset(late[:60]), train.subset(early), unseen)
     assert abs(healed.deleted_vs_unseen - 0.5) < 0.12
     print(
         f"AUC deleted vs unseen: before {before.deleted_vs_unseen:.3f}, after forget "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_same_state, toy_dataset
+from helpers import assert_same_state, registry_of, tensors_of, toy_dataset
 from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
 
@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def executor():  # type: ignore[no-untyped-def]
-    from s3t.system.distributed import RayExecutor
+    from s3t.system.training.distributed import RayExecutor
 
     yield RayExecutor(num_cpus=2)
     ray.shutdown()
@@ -26,14 +26,12 @@ def test_ray_training_equals_local_training(
 ) -> None:  # type: ignore[no-untyped-def]
     system = S3T.fit(tmp_path / "ray", toy_dataset(), toy_config, executor=executor)
     local = S3T.open(trained_template)
-    ours = system.workspace.registry().sequences()
-    theirs = local.workspace.registry().sequences()
+    ours = registry_of(system).sequences()
+    theirs = registry_of(local).sequences()
     assert [r.depth for r in ours] == [3] * len(ours)
     for a, b in zip(ours, theirs, strict=True):
         for x, y in zip(a.positions, b.positions, strict=True):
-            for part_a, part_b in zip(
-                system.server.tensors(x), local.server.tensors(y), strict=True
-            ):
+            for part_a, part_b in zip(tensors_of(system, x), tensors_of(local, y), strict=True):
                 assert_same_state(part_a, part_b)
     assert system.verify().ok
 
@@ -45,8 +43,8 @@ def test_ray_retraining_after_deletions(
 
     shutil.copytree(trained_template, tmp_path / "ws")
     system = S3T.open(tmp_path / "ws")
-    system.forget([system.samples(0)[0]["id"], system.samples(1)[3]["id"]])
+    system.forget([system.samples(0)[0].id, system.samples(1)[3].id])
     outcomes = system.retrain(executor=executor)
     assert outcomes and {o.status for o in outcomes} <= {"trained", "reused"}
-    assert all(r.depth == 3 for r in system.workspace.registry().sequences())
+    assert all(r.depth == 3 for r in registry_of(system).sequences())
     assert system.verify().ok

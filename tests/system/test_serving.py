@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import registry_of
 from s3t.errors import InvalidRequestError, SchemaVersionError, WorkspaceError
 from s3t.system.api import S3T
-from s3t.system.serving import aggregate_logits
+from s3t.system.serving.server import aggregate_logits
 
 
 def test_aggregation_modes() -> None:
@@ -33,14 +34,14 @@ def test_aggregation_modes() -> None:
 
 def test_selection_takes_the_longest_prefix_and_budget_views(trained: Path) -> None:
     system = S3T.open(trained)
-    rows = system.workspace.registry().sequences(0)
-    victim = next(s["id"] for s in system.samples(0) if s["slice"] == rows[0].perm[1])
+    rows = registry_of(system).sequences(0)
+    victim = next(s.id for s in system.samples(0) if s.slice == rows[0].perm[1])
     system.forget([victim])
-    depths = {r.seq: r.depth for r in system.workspace.registry().sequences(0)}
+    depths = {r.seq: r.depth for r in registry_of(system).sequences(0)}
     best = max(depths.values())
     served = next(s for s in system.served() if s.shard == 0)
     assert served.depth == best and served.seq == min(k for k, d in depths.items() if d == best)
-    only_first = next(s for s in system.server.selection(budget=1) if s.shard == 0)
+    only_first = next(s for s in system.served(budget=1) if s.shard == 0)
     assert (only_first.seq, only_first.depth) == (0, depths[0])
 
 
@@ -85,21 +86,21 @@ def test_a_corrupted_registry_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_deletion_invalidates_only_the_models_it_touched(
     trained: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import s3t.system.serving as serving
+    from s3t.system.store.workspace import Workspace
 
     system = S3T.open(trained)
     system.predict(["good film"])
     loads: list[str] = []
-    real = serving.read_stage
+    real = Workspace.read_artifact
 
-    def counting(path, expected_sha256=None):  # type: ignore[no-untyped-def]
-        loads.append(expected_sha256)
-        return real(path, expected_sha256)
+    def counting(self: Workspace, artifact: str) -> bytes:
+        loads.append(artifact)
+        return real(self, artifact)
 
-    monkeypatch.setattr(serving, "read_stage", counting)
+    monkeypatch.setattr(Workspace, "read_artifact", counting)
     before = {s.shard: s.artifacts for s in system.served()}
-    row = system.workspace.registry().sequences(0)[0]
-    system.forget([next(s["id"] for s in system.samples(0) if s["slice"] == row.perm[2])])
+    row = registry_of(system).sequences(0)[0]
+    system.forget([next(s.id for s in system.samples(0) if s.slice == row.perm[2])])
     after = {s.shard: s.artifacts for s in system.served()}
     system.predict(["good film"])
     assert after[1] == before[1]

@@ -35,6 +35,8 @@ for command in (
     system.export,
     system.audit,
     system.samples,
+    system.receipt,
+    system.reference,
 ):
     app.command()(command)
 

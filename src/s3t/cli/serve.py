@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from s3t.system.background import RetrainPolicy
+    from s3t.system.training.background import RetrainPolicy
 
 RETRAIN_FORMS = "off, dead or depth:N (N >= 1)"
 
@@ -17,7 +17,7 @@ RETRAIN_FORMS = "off, dead or depth:N (N >= 1)"
 def retrain_policy(text: str) -> RetrainPolicy | None:
     """Parse ``--retrain``: ``off`` (no background retraining), ``dead`` (retrain a shard
     once it lost every model) or ``depth:N`` (also once its served depth falls below N)."""
-    from s3t.system.background import RetrainPolicy
+    from s3t.system.training.background import RetrainPolicy
 
     value = text.strip().lower()
     if value == "off":

@@ -18,19 +18,24 @@ WS = typer.Option(..., "--workspace", "-w", help="Workspace folder.")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def _open(workspace: Path) -> Any:
+def _open(workspace: Path, read_only: bool = False) -> Any:
     from s3t.system.api import S3T
 
-    return S3T.open(workspace)
+    return S3T.open(workspace, read_only=read_only)
 
 
 def _read_lines(file: Path | None) -> list[str]:
     if file is None:
         return []
     try:
-        return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        text = file.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise InvalidRequestError(f"cannot read {file}: {exc}") from None
+        raise InvalidRequestError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"{file} is not UTF-8 text (byte {exc.start} is not valid UTF-8); save it as UTF-8"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def forget(
@@ -38,10 +43,14 @@ def forget(
     file: Path | None = typer.Option(
         None, "--file", "-f", help="File with one sample id per line."
     ),
+    erase_wait: float = typer.Option(
+        30.0, "--erase-wait", min=0, help="Seconds to wait for a pending erasure to finish."
+    ),
     workspace: Path = WS,
     as_json: bool = JSON,
 ) -> None:
-    """Forget samples now: exact, durable; truncates the sequences that saw them."""
+    """Forget samples now: exact, durable; truncates the sequences that saw them and erases
+    every byte of them from the workspace's files."""
     wanted = list(ids or []) + _read_lines(file)
     if not wanted:
         raise InvalidRequestError(
@@ -51,6 +60,8 @@ def forget(
     began = time.perf_counter()
     receipt = system.forget(wanted)
     elapsed_ms = (time.perf_counter() - began) * 1000
+    if receipt.erasure == "pending":
+        receipt = system.finish_erasure(receipt.request_id, erase_wait)
     if as_json:
         print_json(receipt.to_dict() | {"milliseconds": round(elapsed_ms, 3)})
         return
@@ -76,6 +87,17 @@ def forget(
         else "full depth"
     )
     console.print(f"served depth per shard: {receipt.served_depth_after} — {state}")
+    console.print(
+        f"erasure {receipt.erasure}"
+        + (
+            " (a reader of an older snapshot holds old pages; the next process to open the "
+            "workspace, or a running service, finishes it)"
+            if receipt.erasure == "pending"
+            else ""
+        )
+        + f" · audit chain #{receipt.chain_seq} {receipt.chain_head[:16]}… (keep the receipt: "
+        f"`s3t receipt {receipt.request_id} --json`)"
+    )
 
 
 def predict(
@@ -91,17 +113,21 @@ def predict(
     if not inputs:
         raise InvalidRequestError("give texts to predict (arguments or --file)")
     system = _open(workspace)
-    if system.workspace.modality == "image":
+    if system.modality == "image":
         raise InvalidRequestError(
             "`s3t predict` takes texts; predict images with POST /predict (`s3t serve`) or "
             "the Python API (S3T.open(...).predict(array))"
         )
-    if system.workspace.task == "instruction":
-        outputs, served = system.server.generate(inputs, max_new_tokens)
+    if system.task == "instruction":
+        generation = system.generate(inputs, max_new_tokens)
         if as_json:
-            print_json({"outputs": outputs, "served": [[vars(s) for s in one] for one in served]})
+            print_json(generation.to_dict())
         else:
-            table("generations", ["prompt", "response"], list(zip(inputs, outputs, strict=True)))
+            table(
+                "generations",
+                ["prompt", "response"],
+                list(zip(inputs, generation.outputs, strict=True)),
+            )
         return
     result = system.predict(inputs, aggregate)
     if as_json:
@@ -123,7 +149,7 @@ def predict(
 
 def status(workspace: Path = WS, as_json: bool = JSON) -> None:
     """Per-shard depths, live shards, deletions so far, deletions left before failure."""
-    state = _open(workspace).status()
+    state = _open(workspace, read_only=True).status()
     if as_json:
         print_json(state.to_dict())
         return
@@ -148,11 +174,32 @@ def status(workspace: Path = WS, as_json: bool = JSON) -> None:
         f"{state.sequences_below_full_depth} · expected further deletions before failure "
         f"(no retraining) {state.estimated_deletions_left:.1f}"
     )
+    if state.quarantined:
+        console.print(
+            f"[yellow]{len(state.quarantined)} corrupted stage(s) quarantined[/]: their "
+            "sequences serve a shorter prefix until `s3t retrain` rebuilds them"
+        )
+    if state.erasures_pending:
+        console.print(f"erasures pending: {state.erasures_pending} (finished by the next open)")
 
 
-def verify(workspace: Path = WS, as_json: bool = JSON) -> None:
-    """Recompute exactness from the registry and files; exit 1 on any violation."""
-    report = _open(workspace).verify()
+def verify(
+    receipt: Path | None = typer.Option(
+        None, "--receipt", help="A deletion receipt (JSON) to prove still in force."
+    ),
+    recompute: bool = typer.Option(
+        False, "--recompute", help="Also retrain every served model from scratch and compare."
+    ),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Check exactness from one snapshot of the registry and the files, without changing
+    anything; exit 1 on any violation."""
+    system = _open(workspace, read_only=not recompute)
+    if receipt is not None:
+        report = system.verify_receipt(_read_json(receipt))
+    else:
+        report = system.verify(recompute=recompute)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -160,6 +207,9 @@ def verify(workspace: Path = WS, as_json: bool = JSON) -> None:
             console.print(f"checked {key.replace('_', ' ')}: {value}")
         for v in report.violations:
             console.print(f"[red]VIOLATION[/] {v.check}: {v.detail}", highlight=False)
+        for note in report.pending:
+            console.print(f"[yellow]pending[/] {note}", highlight=False)
+        console.print(f"audit chain head #{report.chain_seq}: {report.chain_head}")
         console.print(
             "[green]verified: no violations[/]"
             if report.ok
@@ -167,6 +217,17 @@ def verify(workspace: Path = WS, as_json: bool = JSON) -> None:
         )
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    lines = _read_lines(file)
+    try:
+        data = json.loads("\n".join(lines))
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"{file} is not a JSON receipt: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"{file} is not a JSON receipt (expected an object)")
+    return data
 
 
 def retrain(
@@ -208,21 +269,64 @@ def export(
     as_json: bool = JSON,
 ) -> None:
     """Export a shard's served model as a PEFT adapter folder (PeftModel.from_pretrained)."""
-    path = _open(workspace).export(shard, out)
-    info = json.loads((path / "s3t_export.json").read_text())
+    info = _open(workspace).export(shard, out)
     if as_json:
-        print_json(
-            {
-                "path": str(path),
-                "shard": info["shard"],
-                "sequence": info["sequence"],
-                "depth": info["depth"],
-            }
-        )
+        print_json(info.to_dict())
         return
     console.print(
-        f"exported shard {shard} (sequence {info['sequence']}, depth {info['depth']}) to {path}"
+        f"exported shard {info.shard} (sequence {info.sequence}, depth {info.depth}) to {info.path}"
     )
+
+
+def receipt(
+    request_id: str = typer.Argument(..., help="The deletion request id."),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Show the receipt of a deletion request (keep it: `s3t verify --receipt` proves it)."""
+    found = _open(workspace, read_only=True).receipt(request_id)
+    if as_json:
+        print_json(found.to_dict())
+        return
+    console.print(
+        f"request {found.request_id}: {len(found.deleted)} sample(s) forgotten, erasure "
+        f"{found.erasure}, audit chain #{found.chain_seq} {found.chain_head}"
+    )
+
+
+def reference(
+    shard: int = typer.Option(..., "--shard", help="Shard to recompute."),
+    seq: int | None = typer.Option(None, "--seq", help="Sequence (default: the one served)."),
+    depth: int | None = typer.Option(
+        None, "--depth", help="Stages to recompute (default: all valid)."
+    ),
+    workspace: Path = WS,
+    as_json: bool = JSON,
+) -> None:
+    """Retrain a sequence from scratch on its current samples and compare it, stage by
+    stage, with the recorded artifacts (bit-identical on the machine that trained them)."""
+    result = _open(workspace, read_only=True).reference(shard, seq, depth)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        table(
+            f"shard {result.shard} sequence {result.seq}: from-scratch reference",
+            ["stage", "slices", "samples", "recorded", "recomputed", "identical", "max |diff|"],
+            [
+                (
+                    s.stage,
+                    ">".join(map(str, s.slices)),
+                    s.samples,
+                    (s.recorded or "—")[:12],
+                    s.recomputed[:12],
+                    "yes" if s.identical else "no",
+                    s.max_abs_diff,
+                )
+                for s in result.stages
+            ],
+        )
+    if not result.within_tolerance:
+        raise typer.Exit(1)
 
 
 def audit(
@@ -231,7 +335,7 @@ def audit(
     as_json: bool = JSON,
 ) -> None:
     """Show the append-only audit log."""
-    events = _open(workspace).audit(since)
+    events = _open(workspace, read_only=True).audit(since)
     if as_json:
         print_json(events)
         return
@@ -249,15 +353,15 @@ def samples(
     as_json: bool = JSON,
 ) -> None:
     """List sample ids with their shard and slice."""
-    rows = _open(workspace).samples(shard, include_deleted=deleted)
+    rows = _open(workspace, read_only=True).samples(shard, include_deleted=deleted)
     if as_json:
-        print_json(rows)
+        print_json([r.to_dict() for r in rows])
         return
     table(
         f"{len(rows)} samples",
-        ["id", "shard", "slice", "deleted at"],
+        ["id", "shard", "slice", "subject", "deleted at"],
         [
-            (r["id"], r["shard"], r["slice"], _when(r["deleted_at"]) if r["deleted_at"] else "")
+            (r.id, r.shard, r.slice, r.subject, _when(r.deleted_at) if r.deleted_at else "")
             for r in rows
         ],
     )

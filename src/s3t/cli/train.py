@@ -161,7 +161,7 @@ def ray_executor(enabled: bool, address: str | None) -> Any:
     """The Ray executor when asked for (``--ray``/``--ray-address``), else ``None``."""
     if not enabled and not address:
         return None
-    from s3t.system.distributed import RayExecutor
+    from s3t.system.training.distributed import RayExecutor
 
     return RayExecutor(address=address)
 
@@ -195,37 +195,28 @@ def stage_progress(update: Any) -> Any:
 
 
 def training_summary(system: Any) -> dict[str, Any]:
-    """JSON summary of a trained workspace: config, status, and one entry per stage artifact."""
-    ws = system.workspace
-    registry = ws.registry()
-    users: dict[str, list[int]] = {}
-    for row in registry.sequences():
-        for artifact in row.active():
-            users.setdefault(artifact, []).append(row.seq)
-    stages = []
-    for record in registry.artifacts():
-        if record.id not in users:
-            continue
-        stages.append(
-            {
-                "shard": record.shard,
-                "sequence": min(users[record.id]),
-                "sequences": sorted(users[record.id]),
-                "stage": record.stage,
-                "slices": list(record.prefix),
-                "samples": record.n_samples,
-                "artifact": record.id,
-                "path": str(ws.artifact_path(record.id)),
-                "metrics": record.metrics,
-            }
-        )
-    stages.sort(key=lambda s: (s["shard"], s["slices"]))
+    """JSON summary of a trained workspace: config, status, and one entry per active stage."""
+    stages = [
+        {
+            "shard": stage.shard,
+            "sequence": min(stage.sequences),
+            "sequences": stage.sequences,
+            "stage": stage.stage,
+            "slices": stage.slices,
+            "samples": stage.samples,
+            "artifact": stage.artifact,
+            "path": stage.path,
+            "metrics": stage.metrics,
+        }
+        for stage in system.stages()
+        if stage.active
+    ]
     summary: dict[str, Any] = {
-        "workspace": str(ws.root),
-        "config": ws.config.to_dict(),
+        "workspace": str(system.path),
+        "config": system.config.to_dict(),
         "status": system.status().to_dict(),
         "stages": stages,
     }
-    if ws.has_test_split() and ws.task != "instruction":
+    if system.has_test_split and system.task != "instruction":
         summary["test"] = system.evaluate()
     return summary

@@ -42,6 +42,13 @@ def sample_id(value: object) -> SampleId:
     text = str(int(value)) if isinstance(value, (int, np.integer)) else value
     if text == "":
         raise PartitionError("sample ids must not be empty strings")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PartitionError(
+            f"sample ids must be valid Unicode text; {text!r} holds an unpaired surrogate at "
+            f"position {exc.start}"
+        ) from None
     return text
 
 

@@ -63,6 +63,21 @@ def next_stage(shard: int, sequences: Sequence[Perm], depths: Sequence[int]) -> 
     return StageKey(shard, tuple(sequences[b][: depth + 1]))
 
 
+def order_stages(shard: int, sequences: Sequence[Perm], depths: Sequence[int]) -> list[StageKey]:
+    """Every stage a shard still needs, in the order :func:`next_stage` would pick them
+    one after another (each swapped stage raising every sequence that shares its prefix):
+    served depth comes back as early as possible, and a parent always precedes its
+    children."""
+    current = list(depths)
+    order: list[StageKey] = []
+    while (key := next_stage(shard, sequences, current)) is not None:
+        order.append(key)
+        for b, seq in enumerate(sequences):
+            if current[b] == key.stage - 1 and tuple(seq[: key.stage]) == key.prefix:
+                current[b] = key.stage
+    return order
+
+
 def stage_seed(seed: int, key: StageKey) -> int:
     """Return the training seed of a stage (63 bits), from (seed, shard, prefix) only."""
     text = f"{seed}|{key.shard}|{','.join(map(str, key.prefix))}"

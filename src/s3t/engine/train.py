@@ -97,8 +97,9 @@ def _train_stage(
     rows = np.asarray(store.rows(train_ids))
     val_rows = store.rows(val_ids)
     start = engine.start_layer(stage)
-    if cache is not None and engine.lora.order == "top-down" and cache.covers(start):
-        cache.ensure(rows.tolist() + val_rows)
+    needed = rows.tolist() + val_rows
+    if cache is not None and engine.lora.order == "top-down" and cache.covers(start, needed):
+        cache.ensure(needed)
     else:
         cache, start = None, 0
     lengths = store.lengths(rows.tolist())

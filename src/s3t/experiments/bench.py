@@ -57,17 +57,16 @@ def bench_training(
     say(f"training benchmark: {samples} samples, L={slices}, {epochs} epoch(s) per stage")
 
     shutil.rmtree(out / "ours", ignore_errors=True)
-    from s3t.engine.loading import load_backbone
-    from s3t.system.training import Trainer
-    from s3t.system.workspace import Workspace
+    began: list[float] = []
 
-    workspace = Workspace.create(out / "ours", config, data)
-    trainer = Trainer(workspace, backbone=load_backbone(spec, seed=0))
-    began = time.perf_counter()
-    outcomes = trainer.complete()
-    ours_seconds = time.perf_counter() - began
-    ours_samples = sum(o.samples for o in outcomes) * epochs
-    ours_accuracy = S3T(workspace).evaluate()["accuracy"]
+    def on_event(event: Any) -> None:
+        if event.kind == "plan":  # the model is loaded: training starts now
+            began.append(time.perf_counter())
+
+    system = S3T.fit(out / "ours", data, config, on_event=on_event)
+    ours_seconds = time.perf_counter() - began[0]
+    ours_samples = sum(s.samples for s in system.stages()) * epochs
+    ours_accuracy = system.evaluate()["accuracy"]
     say(f"  ours: {ours_samples / ours_seconds:.1f} samples/s, test accuracy {ours_accuracy:.4f}")
 
     labels = [int(x) for x in np.asarray(data.train.labels)]
@@ -112,7 +111,7 @@ def bench_forget(out: Path, samples: int, requests: int, say: Say) -> dict[str, 
     latency = root / "latency"
     shutil.copytree(root / "trained", latency)
     system = S3T.open(latency)
-    ids = [s["id"] for s in system.samples()]
+    ids = [s.id for s in system.samples()]
     rng = np.random.default_rng(0)
     times = []
     for sid in rng.choice(ids, size=min(requests, len(ids)), replace=False):
@@ -129,8 +128,8 @@ def bench_forget(out: Path, samples: int, requests: int, say: Say) -> dict[str, 
         copy = root / f"sisa-{position}"
         shutil.copytree(root / "trained", copy, dirs_exist_ok=True)
         sisa = S3T.open(copy)
-        row = sisa.workspace.registry().sequences(0)[0]
-        victim = next(s["id"] for s in sisa.samples(0) if s["slice"] == row.perm[position])
+        perm = sisa.sequences(0)[0].perm
+        victim = next(s.id for s in sisa.samples(0) if s.slice == perm[position])
         sisa.forget([victim])
         began = time.perf_counter()
         sisa.retrain()

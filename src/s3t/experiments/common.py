@@ -16,7 +16,7 @@ import numpy as np
 
 from s3t.core.jsonable import jsonable
 from s3t.data import load_dataset
-from s3t.data.examples import Dataset, Examples
+from s3t.data.examples import Dataset
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
 from s3t.errors import ConfigError
 from s3t.system.config import LayoutSettings, S3TConfig
@@ -103,37 +103,6 @@ def model_layers(model: str) -> int:
         if hasattr(config, name):
             return int(getattr(config, name))
     raise ConfigError(f"cannot tell how many layers {model!r} has")
-
-
-class BudgetScorer:
-    """Scores a system's test accuracy as if trained with budget B, for several B at once;
-    a served model's logits are computed once and reused across budgets and calls."""
-
-    def __init__(self, system: Any, test: Examples) -> None:
-        from s3t.engine.features import FeatureStore
-
-        self.system = system
-        self.test = test
-        self.store = FeatureStore.from_examples(system.server.engine.backbone, test)
-        self._memo: dict[tuple[str, ...], Any] = {}
-
-    def accuracy(self, budget: int | None = None) -> float | None:
-        """Accuracy of the budget-B view, or ``None`` when every shard is dead."""
-        import torch
-
-        from s3t.errors import ServiceUnavailableError
-
-        try:
-            served = self.system.server.selection(budget)
-        except ServiceUnavailableError:
-            return None
-        missing = [s for s in served if s.artifacts not in self._memo]
-        if missing:
-            computed = self.system.server.logits_for(missing, self.store, 128)
-            for s in missing:
-                self._memo[s.artifacts] = computed[s.shard]
-        mean = torch.stack([self._memo[s.artifacts] for s in served]).mean(0)
-        return float((mean.argmax(-1).numpy() == np.asarray(self.test.labels)).mean())
 
 
 def fresh_workspace(out: Path, label: str) -> Path:

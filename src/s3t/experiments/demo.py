@@ -23,7 +23,6 @@ from typing import Any
 
 from s3t.core.simulate import budget_sweep
 from s3t.experiments.common import (
-    BudgetScorer,
     ExperimentSettings,
     Say,
     full_lora,
@@ -34,6 +33,7 @@ from s3t.experiments.common import (
 from s3t.experiments.rq2 import accuracy_under_deletions, budgets_for
 from s3t.report.plots import plot_deletion_curves, plot_lines, plot_simulation
 from s3t.system.api import S3T
+from s3t.system.serving.scoring import Evaluator
 
 #: measured on 2 CPU cores for MiniLM: samples/s when training the lowest (slowest) block
 SAMPLES_PER_SECOND = 100.0
@@ -97,10 +97,10 @@ def run_demo(
     shutil.rmtree(replay, ignore_errors=True)
     shutil.copytree(out / "system", replay)
     system = S3T.open(replay)
-    scorer = BudgetScorer(system, data.test)
+    scorer = system.evaluator(data.test)
     budgets = budgets_for(L)
     stream = stream_of_deletions(
-        [s["id"] for s in system.samples()], settings.deletions, settings.seed
+        [s.id for s in system.samples()], settings.deletions, settings.seed
     )
     say(
         f"replaying {len(stream)} deletion requests in batches of {settings.deletion_batch} (no retraining yet)"
@@ -133,7 +133,7 @@ def run_demo(
     return results
 
 
-def _heal(system: S3T, scorer: BudgetScorer, say: Say) -> dict[str, Any]:
+def _heal(system: S3T, scorer: Evaluator, say: Say) -> dict[str, Any]:
     """Retrain the most damaged shard in a background thread while predictions are served,
     until it serves at full depth again (its other sequences are left to later retraining:
     the sequence closest to full depth is retrained first)."""
@@ -197,21 +197,18 @@ def _heal(system: S3T, scorer: BudgetScorer, say: Say) -> dict[str, Any]:
 
 
 def _stage_times(system: S3T) -> list[dict[str, Any]]:
-    registry = system.workspace.registry()
-    out = []
-    for row in registry.sequences():
-        for stage, artifact in enumerate(row.positions, start=1):
-            record = registry.artifact(artifact)
-            out.append(
-                {
-                    "shard": row.shard,
-                    "sequence": row.seq,
-                    "stage": stage,
-                    "samples": record.n_samples,
-                    "seconds": record.metrics.get("seconds"),
-                }
-            )
-    return out
+    stages = {s.artifact: s for s in system.stages()}
+    return [
+        {
+            "shard": row.shard,
+            "sequence": row.seq,
+            "stage": stage,
+            "samples": stages[artifact].samples,
+            "seconds": stages[artifact].metrics.get("seconds"),
+        }
+        for row in system.sequences()
+        for stage, artifact in enumerate(row.artifacts, start=1)
+    ]
 
 
 def _write_report(out: Path, r: dict[str, Any], sweep: Any) -> None:

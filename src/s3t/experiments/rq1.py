@@ -38,7 +38,7 @@ def run_rq1(
         system = S3T.fit(root, data, config)
         seconds = time.perf_counter() - began
         metrics = system.evaluate()
-        passes = sum(a.n_samples for a in system.workspace.registry().artifacts()) * settings.epochs
+        passes = sum(s.samples for s in system.stages()) * settings.epochs
         rows.append(
             {
                 "run": label,

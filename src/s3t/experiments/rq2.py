@@ -3,7 +3,7 @@
 - accuracy vs number of deletions for B = 1 (SISA), 2 and L: one system is trained with
   budget L; cyclic selections nest, so its first B sequences *are* the budget-B system;
 - deletion rate δ: measured by replaying uniform deletion streams with real ``forget``
-  calls (on copies of the registry) next to the simulator and the closed form; and
+  calls (on backups of the system) next to the simulator and the closed form; and
   simulated against m and L;
 - deletion time: S3T ``forget`` vs SISA (retrain the hit sequence) vs full retraining;
 - storage vs δ: S3T's LoRA stage artifacts vs SISA's full-model slice checkpoints;
@@ -23,7 +23,6 @@ import numpy as np
 from s3t.core.sequences import cyclic
 from s3t.core.simulate import budget_sweep, harmonic, simulate, theoretical_delta
 from s3t.experiments.common import (
-    BudgetScorer,
     ExperimentSettings,
     Say,
     full_lora,
@@ -33,7 +32,7 @@ from s3t.experiments.common import (
 )
 from s3t.report.plots import plot_bars, plot_deletion_curves, plot_lines
 from s3t.system.api import S3T
-from s3t.system.registry import DB_NAME
+from s3t.system.serving.scoring import Evaluator
 
 
 def budgets_for(slices: int) -> list[int]:
@@ -42,7 +41,7 @@ def budgets_for(slices: int) -> list[int]:
 
 
 def accuracy_under_deletions(
-    system: S3T, scorer: BudgetScorer, stream: list[str], batch: int, budgets: list[int], say: Say
+    system: S3T, scorer: Evaluator, stream: list[str], batch: int, budgets: list[int], say: Say
 ) -> list[dict[str, Any]]:
     """Forget ``stream`` in batches; after each, score every budget view and record depths,
     live shards and forget latency."""
@@ -59,15 +58,11 @@ def accuracy_under_deletions(
 
 
 def _snapshot(
-    system: S3T, scorer: BudgetScorer, budgets: list[int], done: int, latencies: list[float]
+    system: S3T, scorer: Evaluator, budgets: list[int], done: int, latencies: list[float]
 ) -> dict[str, Any]:
-    rows = system.workspace.registry().sequences()
     view = {}
     for b in budgets:
-        depth: dict[int, int] = {}
-        for r in rows:
-            if r.seq < b:
-                depth[r.shard] = max(depth.get(r.shard, 0), r.depth)
+        depth = system.served_depths(b)
         view[b] = {
             "accuracy": scorer.accuracy(b),
             "served_depths": [depth[k] for k in sorted(depth)],
@@ -97,35 +92,26 @@ def _describe(row: dict[str, Any]) -> str:
 def measured_delta(
     root: Path, work: Path, budgets: list[int], streams: int, seed: int
 ) -> dict[int, list[int]]:
-    """Replay ``streams`` uniform deletion streams with real ``forget`` calls, each on a copy
-    of the registry, until budget max(budgets) fails; return δ per budget per stream."""
-    from s3t.system.forget import forget
-    from s3t.system.workspace import Workspace
-
+    """Replay ``streams`` uniform deletion streams with real ``forget`` calls, each on a
+    backup of the system, until budget max(budgets) fails; return δ per budget per stream."""
+    source = S3T.open(root, read_only=True)
     out: dict[int, list[int]] = {b: [] for b in budgets}
     for k in range(streams):
         copy = work / f"stream-{k}"
         shutil.rmtree(copy, ignore_errors=True)
-        copy.mkdir(parents=True)
-        shutil.copy2(root / DB_NAME, copy / DB_NAME)
-        ws = Workspace(copy)
-        ids = [
-            r[0]
-            for r in ws.registry().db.execute("SELECT id FROM samples WHERE deleted_at IS NULL")
-        ]
+        system = S3T.open(source.backup(copy))
+        ids = [s.id for s in system.samples()]
         dead_at: dict[int, int] = {}
         for count, sid in enumerate(stream_of_deletions(ids, len(ids), seed + k), start=1):
-            forget(ws, [sid])
-            rows = ws.registry().sequences()
+            system.forget([sid])
             for b in budgets:
-                alive = any(r.depth > 0 for r in rows if r.seq < b)
-                if not alive and b not in dead_at:
+                if b not in dead_at and not any(system.served_depths(b).values()):
                     dead_at[b] = count
             if len(dead_at) == len(budgets):
                 break
         for b in budgets:
             out[b].append(dead_at.get(b, len(ids)))
-        ws.registry().close()
+        system.close()
         shutil.rmtree(copy, ignore_errors=True)
     return out
 
@@ -153,9 +139,9 @@ def run_rq2(
     replay_root = root / "replay"
     shutil.copytree(root / "system", replay_root)
     system = S3T.open(replay_root)
-    scorer = BudgetScorer(system, data.test)
+    scorer = system.evaluator(data.test)
     stream = stream_of_deletions(
-        [s["id"] for s in system.samples()], settings.deletions, settings.seed
+        [s.id for s in system.samples()], settings.deletions, settings.seed
     )
     curve = accuracy_under_deletions(system, scorer, stream, settings.deletion_batch, budgets, say)
     mia = _membership(root, data, say)
@@ -227,23 +213,17 @@ def _membership(root: Path, data: Any, say: Say) -> dict[str, Any]:
     """Loss-threshold membership inference around one deletion request: a user's samples
     (here: up to 60 from the last slice of shard 0's first sequence) are attacked before
     and after they are forgotten, next to never-seen test samples and retained samples."""
-    from s3t.system.membership import membership_report
-
     copy = root / "membership"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(root / "system", copy)
     system = S3T.open(copy)
-    row = system.workspace.registry().sequences(0)[0]
-    in_slice = [s["id"] for s in system.samples(0) if s["slice"] == row.perm[-1]]
+    perm = system.sequences(0)[0].perm
+    in_slice = [s.id for s in system.samples(0) if s.slice == perm[-1]]
     victims = in_slice[:60]
-    others = [s["id"] for s in system.samples(0) if s["slice"] == row.perm[0]][: len(data.test)]
-    before = membership_report(
-        system.server, data.train.subset(victims), data.train.subset(others), data.test
-    )
+    others = [s.id for s in system.samples(0) if s.slice == perm[0]][: len(data.test)]
+    before = system.membership(data.train.subset(victims), data.train.subset(others), data.test)
     system.forget(victims)
-    after = membership_report(
-        system.server, data.train.subset(victims), data.train.subset(others), data.test
-    )
+    after = system.membership(data.train.subset(victims), data.train.subset(others), data.test)
     say(
         f"rq2: membership attack AUC on {len(victims)} forgotten samples vs never-seen: "
         f"{before.deleted_vs_unseen:.3f} before, {after.deleted_vs_unseen:.3f} after the deletion "
@@ -262,20 +242,16 @@ def _membership(root: Path, data: Any, say: Say) -> dict[str, Any]:
 def _sisa_seconds(system: S3T, slices: int) -> list[float]:
     """SISA answers a hit at position j by retraining its sequence from stage j on: the
     sum of the recorded training times of those stages (sequence 0 of shard 0), per j."""
-    registry = system.workspace.registry()
-    row = registry.sequences(0)[0]
-    stage_seconds = [registry.artifact(a).metrics.get("seconds", 0.0) for a in row.positions]
+    metrics = {s.artifact: s.metrics for s in system.stages()}
+    row = system.sequences(0)[0]
+    stage_seconds = [metrics[a].get("seconds", 0.0) for a in row.artifacts]
     return [float(sum(stage_seconds[j:])) for j in range(slices)]
 
 
 def _storage(system: S3T, shards: int, slices: int) -> dict[str, Any]:
-    artifacts = system.workspace.registry().artifacts()
-    stage_bytes = statistics.mean(a.bytes for a in artifacts)
-    model = system.server.engine.model
+    stage_bytes = statistics.mean(s.bytes for s in system.stages())
     # a SISA checkpoint is the whole fine-tuned model (our injected LoRA excluded)
-    model_bytes = sum(
-        p.numel() * p.element_size() for n, p in model.named_parameters() if "lora_" not in n
-    )
+    model_bytes = system.model_info().parameter_bytes
     s3t = [
         {
             "budget": b,

@@ -16,12 +16,11 @@ becomes one status code through :data:`ERROR_STATUS` and one handler.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +39,7 @@ from s3t.errors import (
     SchemaVersionError,
     SequenceError,
     ServiceUnavailableError,
+    UnknownRequestError,
     UnknownSampleError,
     WorkspaceError,
 )
@@ -52,13 +52,14 @@ from s3t.service.bodies import (
     image_array,
 )
 from s3t.system.api import S3T
-from s3t.system.background import RetrainPolicy
+from s3t.system.training.background import RetrainPolicy
 
 log = logging.getLogger(__name__)
 
 #: The HTTP status of every s3t error; the most specific class in an error's MRO wins.
 ERROR_STATUS: dict[type[S3TError], int] = {
     UnknownSampleError: 404,
+    UnknownRequestError: 404,
     InvalidRequestError: 422,
     PartitionError: 422,
     ConfigError: 400,
@@ -119,7 +120,6 @@ def create_app(system: S3T, *, owns_system: bool = False) -> FastAPI:
     """Return the service over an open system. On shutdown the app stops a background
     retrainer it started itself, and closes the system when ``owns_system``."""
     state = ServiceState(system, owns_system)
-    _ = system.server  # create the server now (not the model): one per app, never raced
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -144,23 +144,23 @@ def app_for_workspace(path: str | Path, retrain_policy: RetrainPolicy | None = N
     """Open a workspace (retraining in the background under ``retrain_policy``, if given)
     and return its service; the app closes the system on shutdown."""
     system = S3T.open(path)
-    slices = system.workspace.config.layout.slices
-    if retrain_policy is not None:
-        if retrain_policy.min_depth is not None and retrain_policy.min_depth > slices:
-            raise ConfigError(
-                f"the retrain policy's min_depth must be at most the workspace's {slices} "
-                f"slices, got {retrain_policy.min_depth!r}"
-            )
-        system.start_background(retrain_policy)
+    try:
+        if retrain_policy is not None:
+            system.start_background(retrain_policy)
+        if not system.read_only:
+            system.start_maintenance()
+    except BaseException:
+        system.close()
+        raise
     return create_app(system, owns_system=True)
 
 
 # ----- reports ---------------------------------------------------------------------------------
 @router.get("/health")
 def health(state: State) -> dict[str, Any]:
-    """Whether the service answers and how many shards serve; reads only the registry."""
-    live = sum(depth > 0 for depth in state.system.workspace.registry().served_depths().values())
-    return {"ok": True, "live_shards": live, "failed": live == 0}
+    """Whether the service answers, how many shards serve, quarantined stages and pending
+    erasures; reads only the registry."""
+    return state.system.health().to_dict()
 
 
 @router.get("/status")
@@ -183,7 +183,7 @@ def samples(
     include_deleted: Annotated[bool, Query(description="Include deleted samples.")] = False,
 ) -> list[dict[str, Any]]:
     """Sample ids with their shard, slice and deletion time."""
-    return state.system.samples(shard, include_deleted)
+    return [s.to_dict() for s in state.system.samples(shard, include_deleted)]
 
 
 @router.get("/audit")
@@ -202,7 +202,7 @@ def predict(body: PredictRequest, state: State) -> dict[str, Any]:
     shard serves."""
     system = state.system
     inputs: Any = body.inputs
-    if system.workspace.modality == "image":
+    if system.modality == "image":
         inputs = image_array(body.inputs)
     return system.predict(inputs, body.aggregate).to_dict()
 
@@ -210,8 +210,7 @@ def predict(body: PredictRequest, state: State) -> dict[str, Any]:
 @router.post("/generate")
 def generate(body: GenerateRequest, state: State) -> dict[str, Any]:
     """Greedy responses of a language-model workspace, and the models that produced each."""
-    outputs, served = state.system.server.generate(body.prompts, body.max_new_tokens)
-    return {"outputs": outputs, "served": [[asdict(s) for s in one] for one in served]}
+    return state.system.generate(body.prompts, body.max_new_tokens).to_dict()
 
 
 # ----- deletion and healing --------------------------------------------------------------------
@@ -222,22 +221,30 @@ def forget(body: ForgetRequest, state: State) -> dict[str, Any]:
 
 
 @router.get("/deletions/{request_id}")
-def deletion(request_id: str, state: State) -> Any:
-    """The receipt of an earlier deletion request."""
-    row = (
-        state.system.workspace.registry()
-        .db.execute("SELECT receipt FROM deletions WHERE request_id=?", (request_id,))
-        .fetchone()
-    )
-    if row is None:
-        return S3TJSONResponse(
-            {
-                "error": "NotFound",
-                "detail": f"no deletion request {request_id!r} in this workspace",
-            },
-            status_code=404,
-        )
-    return json.loads(row[0])
+def deletion(request_id: str, state: State) -> dict[str, Any]:
+    """The receipt of an earlier deletion request, with its erasure state now."""
+    return state.system.receipt(request_id).to_dict()
+
+
+@router.get("/deletions/{request_id}/verify")
+def verify_deletion(
+    request_id: str,
+    state: State,
+    chain_head: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="The chain head from the receipt you kept (default: the stored one).",
+        ),
+    ] = None,
+) -> S3TJSONResponse:
+    """Prove that a deletion is still in force and that the log up to it was not rewritten:
+    200 when so, 409 with the report when not."""
+    receipt = state.system.receipt(request_id)
+    if chain_head is not None:
+        receipt = replace(receipt, chain_head=chain_head)
+    report = state.system.verify_receipt(receipt)
+    return S3TJSONResponse(report.to_dict(), status_code=200 if report.ok else 409)
 
 
 @router.post("/retrain")
@@ -261,7 +268,7 @@ def _retrain_in_background(state: ServiceState) -> S3TJSONResponse:
     with state.background_lock:
         started = system.background is None
         if started:
-            slices = system.workspace.config.layout.slices
+            slices = system.config.layout.slices
             background = system.start_background(RetrainPolicy(min_depth=slices, when_dead=True))
             state.started_background = True
         else:
@@ -274,7 +281,7 @@ def _retrain_in_background(state: ServiceState) -> S3TJSONResponse:
             "accepted": True,
             "started": started,
             "policy": asdict(policy),
-            "due": policy.shards_due(system.workspace),
+            "due": background.due(),
         },
         status_code=202,
     )

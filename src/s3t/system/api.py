@@ -1,71 +1,59 @@
-"""The public face of an S3T system: fit, open, predict, forget, status, verify, retrain,
-export, samples, audit.
+"""The public face of an S3T system. The CLI, the HTTP service and the experiments use this
+class and nothing under it.
 
     system = S3T.fit("ws", dataset, config)      # partition, select sequences, train
     system.forget(["user-42-review-7"])          # exact, durable, instant
     system.predict(["a fine film"])              # served by the longest valid prefixes
     system.retrain()                             # heal truncated sequences
+    system.verify()                              # an auditor's check, read-only
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass, field, replace
+import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from s3t.core.simulate import expected_requests_to_cover
+from s3t.core.selection import Served
 from s3t.data.examples import Dataset, Examples
 from s3t.engine.settings import Family
-from s3t.errors import ArtifactError, DataError, InvalidRequestError, ServiceUnavailableError
-from s3t.system.background import BackgroundRetrainer, RetrainPolicy
+from s3t.errors import DataError, InvalidRequestError, UnknownRequestError
 from s3t.system.config import S3TConfig
-from s3t.system.forget import Receipt, forget, remove_stale_files
-from s3t.system.verify import VerifyReport, verify
-from s3t.system.workspace import Workspace
+from s3t.system.forget import Receipt, forget, stored_receipt
+from s3t.system.maintenance import Janitor
+from s3t.system.reports import (
+    ExportInfo,
+    Generation,
+    Health,
+    ModelInfo,
+    SampleInfo,
+    SequenceInfo,
+    StageInfo,
+    Status,
+    compute_health,
+    compute_status,
+    stage_infos,
+)
+from s3t.system.store.workspace import Workspace
+from s3t.system.training.background import BackgroundRetrainer, RetrainPolicy
+from s3t.system.verify import VerifyReport, verify, verify_receipt
 
 if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
-    from s3t.system.serving import Prediction, Served, Server
-    from s3t.system.training import EventCallback, Executor, StageOutcome, Trainer
+    from s3t.system.serving.membership import MembershipReport
+    from s3t.system.serving.scoring import Evaluator
+    from s3t.system.serving.server import Prediction, Server
+    from s3t.system.training.reference import ReferenceReport
+    from s3t.system.training.trainer import EventCallback, Executor, StageOutcome, Trainer
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ShardStatus:
-    """One shard: its sequences' depths and what it serves."""
-
-    shard: int
-    served_depth: int
-    serving_sequence: int | None
-    depths: list[int]
-    sequences: list[list[int]]
-    live_samples: int
-    deleted_samples: int
-
-
-@dataclass(frozen=True)
-class Status:
-    """The state of a whole system."""
-
-    slices: int
-    budget: int
-    shards: list[ShardStatus]
-    live_shards: int
-    deletion_requests: int
-    deleted_samples: int
-    estimated_deletions_left: float
-    sequences_below_full_depth: int
-    degraded: bool
-    failed: bool
-    background: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return asdict(self)
+_MAX_INT = 2**63 - 1
 
 
 def check_fits(family: Family, train: Examples) -> None:
@@ -82,25 +70,64 @@ class S3T:
     """An S3T system backed by a workspace folder."""
 
     def __init__(self, workspace: Workspace) -> None:
-        self.workspace = workspace
+        self._ws = workspace
         self.background: BackgroundRetrainer | None = None
         self._server: Server | None = None
         self._trainer: Trainer | None = None
+        self._janitor: Janitor | None = None
+        self._lock = threading.Lock()
+
+    # ----- what it is --------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The workspace folder."""
+        return self._ws.root
 
     @property
-    def server(self) -> Server:
-        """The serving side (loads the model on first use)."""
-        if self._server is None:
-            from s3t.system.serving import Server
+    def config(self) -> S3TConfig:
+        """The system's configuration."""
+        return self._ws.config
 
-            self._server = Server(self.workspace)
+    @property
+    def task(self) -> str:
+        """classification, regression or instruction."""
+        return self._ws.task
+
+    @property
+    def modality(self) -> str:
+        """text, image or instruction."""
+        return self._ws.modality
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the workspace can only be read here."""
+        return self._ws.read_only
+
+    @property
+    def has_test_split(self) -> bool:
+        """Whether a held-out test split is stored."""
+        return self._ws.registry().has_test_split()
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the model is in memory (serving loads it on first use)."""
+        return self._server is not None and self._server.loaded
+
+    @property
+    def _serving(self) -> Server:
+        if self._server is None:
+            with self._lock:
+                if self._server is None:
+                    from s3t.system.serving.server import Server
+
+                    self._server = Server(self._ws)
         return self._server
 
     def _get_trainer(self, on_event: EventCallback | None = None) -> Trainer:
-        from s3t.system.training import Trainer
+        from s3t.system.training.trainer import Trainer
 
         if self._trainer is None:
-            self._trainer = Trainer(self.workspace, on_event)
+            self._trainer = Trainer(self._ws, on_event)
         elif on_event is not None:
             self._trainer.on_event = on_event
         return self._trainer
@@ -124,7 +151,7 @@ class S3T:
                 config, model=replace(config.model, num_labels=dataset.train.num_labels)
             )
         from s3t.engine.loading import load_backbone
-        from s3t.system.training import Trainer
+        from s3t.system.training.trainer import Trainer
 
         backbone = load_backbone(config.model, seed=config.layout.seed)  # fail before any writing
         check_fits(backbone.anatomy.family, dataset.train)
@@ -135,10 +162,19 @@ class S3T:
         return system
 
     @classmethod
-    def open(cls, workspace: str | Path, retrain_policy: RetrainPolicy | None = None) -> S3T:
-        """Open an existing workspace; with a policy, retrain in the background."""
-        system = cls(Workspace(workspace))
-        remove_stale_files(system.workspace)
+    def open(
+        cls,
+        workspace: str | Path,
+        retrain_policy: RetrainPolicy | None = None,
+        *,
+        read_only: bool = False,
+    ) -> S3T:
+        """Open an existing workspace. Unless ``read_only``, leftovers of crashed processes
+        are removed and pending erasures finished first; with a policy, truncated shards
+        are retrained in the background."""
+        system = cls(Workspace(workspace, read_only=read_only))
+        if not system._ws.read_only:
+            system._ws.sweep()
         if retrain_policy is not None:
             system.start_background(retrain_policy)
         return system
@@ -148,15 +184,35 @@ class S3T:
     ) -> BackgroundRetrainer:
         """Start healing shards in a background thread according to ``policy``."""
         if self.background is None:
-            self.background = BackgroundRetrainer(self.workspace, policy, on_event)
+            slices = self.config.layout.slices
+            if policy.min_depth is not None and policy.min_depth > slices:
+                raise InvalidRequestError(
+                    f"the retrain policy's min_depth must be at most the workspace's {slices} "
+                    f"slices, got {policy.min_depth!r}"
+                )
+            self.background = BackgroundRetrainer(self._ws, policy, on_event)
             self.background.start()
         return self.background
 
+    def start_maintenance(self, sweep_seconds: float = 60.0) -> Janitor:
+        """Keep the workspace clean from a daemon thread: pending erasures finished as soon
+        as possible, crash leftovers swept every ``sweep_seconds``."""
+        with self._lock:
+            if self._janitor is None:
+                self._janitor = Janitor(self._ws, sweep_seconds)
+                self._janitor.start()
+        return self._janitor
+
     def close(self) -> None:
-        """Stop background work."""
+        """Stop background work (a pending erasure is finished first when possible)."""
         if self.background is not None:
             self.background.stop()
             self.background = None
+        if self._janitor is not None:
+            self._janitor.stop()
+            self._janitor = None
+        if not self._ws.read_only:
+            self._ws.erase_pending()
 
     def __enter__(self) -> S3T:
         return self
@@ -164,14 +220,26 @@ class S3T:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ----- serving ---------------------------------------------------------------------------
+    # ----- serving -----------------------------------------------------------------------------
     def predict(self, inputs: Any, aggregate: str = "mean-logits") -> Prediction:
-        """Predict for texts, (text, pair) tuples or images; see :class:`Server`."""
-        return self.server.predict(inputs, aggregate)
+        """Predict for texts, (text, pair) tuples or images (an array (n, H, W[, C]))."""
+        return self._serving.predict(inputs, aggregate)
 
-    def generate(self, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Generate responses (causal LM workspaces), averaging shards' next-token logits."""
-        return self.server.generate(prompts, max_new_tokens)[0]
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32) -> Generation:
+        """Generate responses (causal LM workspaces), averaging shards' next-token logits;
+        with, for each prompt, the models that produced it."""
+        outputs, served = self._serving.generate(prompts, max_new_tokens)
+        return Generation(outputs, served)
+
+    def served(self, budget: int | None = None) -> list[Served]:
+        """Which (shard, sequence, depth) answers requests now; ``budget`` views the system
+        as if only each shard's first B sequences had been trained."""
+        return self._serving.selection(budget)
+
+    def served_depths(self, budget: int | None = None) -> dict[int, int]:
+        """Every shard's served depth now (0 = dead), optionally in a budget-B view."""
+        chosen = self._ws.serving(budget)
+        return {k: chosen[k].depth if k in chosen else 0 for k in range(self.config.layout.shards)}
 
     def evaluate(
         self,
@@ -180,36 +248,60 @@ class S3T:
         budget: int | None = None,
     ) -> dict[str, float]:
         """Score the served system on labelled examples (default: the stored test split):
-        accuracy for classification, MSE for regression. ``budget`` scores the system as if
-        only each shard's first B sequences had been trained."""
-        from s3t.engine.features import FeatureStore
-        from s3t.system.serving import aggregate_logits
+        accuracy for classification, MSE for regression."""
+        from s3t.system.serving.scoring import evaluate
 
-        data = examples if examples is not None else self.workspace.examples("eval_data")
-        if data.task == "instruction":
-            raise InvalidRequestError("evaluate() scores classifiers and regressors")
-        store = FeatureStore.from_examples(self.server.engine.backbone, data)
-        served, logits = self.server.shard_logits(store, budget=budget)
-        labels, _ = aggregate_logits(list(logits.values()), aggregate, data.task)
-        truth = np.asarray(data.labels)
-        out: dict[str, float] = {"samples": float(len(data)), "shards_serving": float(len(served))}
-        if data.task == "regression":
-            out["mse"] = float(np.mean((np.asarray(labels) - truth) ** 2))
-        else:
-            out["accuracy"] = float(np.mean(np.asarray(labels) == truth))
-        return out
+        data = examples if examples is not None else self._ws.examples("eval_data")
+        return evaluate(self._serving, data, aggregate, budget)
 
-    # ----- deletion and healing ------------------------------------------------------------------
-    def forget(self, ids: Any) -> Receipt:
-        """Delete samples now (exact, durable); see :mod:`s3t.system.forget`."""
-        receipt = forget(self.workspace, ids)
+    def evaluator(self, examples: Examples | None = None) -> Evaluator:
+        """A scorer that evaluates several budget views and deletion states of this
+        system on the same examples, computing each served model's outputs once."""
+        from s3t.system.serving.scoring import Evaluator
+
+        data = examples if examples is not None else self._ws.examples("eval_data")
+        return Evaluator(self._serving, data)
+
+    def membership(
+        self, deleted: Examples, retained: Examples, unseen: Examples
+    ) -> MembershipReport:
+        """Loss-threshold membership inference against the served system."""
+        from s3t.system.serving.membership import membership_report
+
+        return membership_report(self._serving, deleted, retained, unseen)
+
+    # ----- deletion and healing ----------------------------------------------------------------
+    def forget(self, ids: Sequence[str | int]) -> Receipt:
+        """Delete samples now (exact, durable); see :mod:`s3t.system.forget`. If a reader
+        of an older snapshot delays the erasure, the receipt says ``pending`` and this
+        process finishes it in the background."""
+        receipt = forget(self._ws, ids)
+        if receipt.erasure == "pending":
+            self.start_maintenance().wake()
         if self.background is not None and receipt.truncated:
             self.background.wake()
         return receipt
 
+    def finish_erasure(self, request_id: str, timeout: float = 30.0) -> Receipt:
+        """Wait up to ``timeout`` seconds for a deletion's pending erasure to finish (it
+        waits for readers of older snapshots); return its receipt with the state reached."""
+        deadline = time.monotonic() + timeout
+        while request_id in self._ws.erase_pending(busy_ms=200) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.receipt(request_id)
+
+    def receipt(self, request_id: str) -> Receipt:
+        """The receipt of an earlier deletion request, with its erasure state now."""
+        found = stored_receipt(self._ws, str(request_id))
+        if found is None:
+            raise UnknownRequestError(
+                f"no deletion request {request_id!r} in this workspace; see `s3t audit`"
+            )
+        return found
+
     def retrain(
         self,
-        shards: list[int] | None = None,
+        shards: Sequence[int] | None = None,
         on_event: EventCallback | None = None,
         executor: Executor | None = None,
         stop: threading.Event | None = None,
@@ -217,141 +309,133 @@ class S3T:
         """Bring every truncated sequence (of some shards) back to full depth, now; the
         sequence closest to full depth first, so served depth returns early. ``stop`` ends
         it after the current stage; ``executor`` trains elsewhere (e.g. on Ray)."""
-        count = self.workspace.config.layout.shards
-        bad = [k for k in shards or [] if not 0 <= k < count]
-        if bad:
-            raise InvalidRequestError(f"shards must be in 0..{count - 1}, got {bad!r}")
-        return self._get_trainer(on_event).complete(shards, stop=stop, executor=executor)
+        chosen = [self._check_shard(k) for k in shards] if shards is not None else None
+        return self._get_trainer(on_event).complete(chosen, stop=stop, executor=executor)
 
-    # ----- reports --------------------------------------------------------------------------
+    # ----- reports ------------------------------------------------------------------------------
     def status(self) -> Status:
-        """Per-shard depths, live shards, deletions so far and the expected number of further
-        deletions (uniform over live samples, no retraining) before service failure."""
-        registry = self.workspace.registry()
-        db = registry.db
-        config = self.workspace.config
-        rows = registry.sequences()
-        counts = {
-            (k, s): (live, dead)
-            for k, s, live, dead in db.execute(
-                "SELECT shard, slice, sum(deleted_at IS NULL), sum(deleted_at IS NOT NULL) "
-                "FROM samples GROUP BY shard, slice"
-            )
-        }
-        total_live = sum(live for live, _ in counts.values())
-        shards = []
-        cells: set[tuple[int, int]] = set()
-        for k in range(config.layout.shards):
-            mine = [r for r in rows if r.shard == k]
-            best = max(mine, key=lambda r: (r.depth, -r.seq)) if mine else None
-            served_depth = best.depth if best else 0
-            cells |= {(k, r.perm[0]) for r in mine if r.depth >= 1}
-            shards.append(
-                ShardStatus(
-                    shard=k,
-                    served_depth=served_depth,
-                    serving_sequence=best.seq if best and served_depth > 0 else None,
-                    depths=[r.depth for r in mine],
-                    sequences=[list(r.perm) for r in mine],
-                    live_samples=sum(
-                        counts.get((k, s), (0, 0))[0] for s in range(config.layout.slices)
-                    ),
-                    deleted_samples=sum(
-                        counts.get((k, s), (0, 0))[1] for s in range(config.layout.slices)
-                    ),
-                )
-            )
-        probs = [counts.get(c, (0, 0))[0] / total_live for c in sorted(cells)] if total_live else []
-        live_shards = sum(1 for s in shards if s.served_depth > 0)
-        requests = db.execute("SELECT count(*) FROM deletions").fetchone()[0]
+        """Per-shard depths, live shards, deletions, quarantined stages, pending erasures and
+        the expected number of further deletions before service failure."""
         background: dict[str, Any] = {}
         if self.background is not None:
+            outcomes = self.background.outcomes
             background = {
                 "running": True,
-                "stages_retrained": sum(o.status == "trained" for o in self.background.outcomes),
-                "stages_discarded": sum(o.status == "discarded" for o in self.background.outcomes),
+                "stages_retrained": sum(o.status == "trained" for o in outcomes),
+                "stages_discarded": sum(o.status == "discarded" for o in outcomes),
                 "error": str(self.background.error) if self.background.error else None,
             }
-        return Status(
-            slices=config.layout.slices,
-            budget=config.layout.budget,
-            shards=shards,
-            live_shards=live_shards,
-            deletion_requests=int(requests),
-            deleted_samples=sum(s.deleted_samples for s in shards),
-            estimated_deletions_left=expected_requests_to_cover(probs) if cells else 0.0,
-            sequences_below_full_depth=sum(r.depth < config.layout.slices for r in rows),
-            degraded=any(s.served_depth < config.layout.slices for s in shards),
-            failed=live_shards == 0,
-            background=background,
-        )
+        return compute_status(self._ws, background)
 
-    def verify(self) -> VerifyReport:
-        """Recompute every exactness invariant; see :mod:`s3t.system.verify`."""
-        return verify(self.workspace)
+    def health(self) -> Health:
+        """Cheap liveness from the registry alone (never loads the model)."""
+        return compute_health(self._ws)
 
-    def samples(
-        self, shard: int | None = None, include_deleted: bool = False
-    ) -> list[dict[str, Any]]:
-        """Return sample ids with their shard, slice and deletion time."""
-        where = []
-        args: list[Any] = []
+    def verify(self, recompute: bool = False) -> VerifyReport:
+        """Recompute every exactness invariant from one snapshot (read-only); see
+        :mod:`s3t.system.verify`. ``recompute`` also retrains every served model from
+        scratch and checks it against what is served (slow: one training per shard)."""
+        report = verify(self._ws)
+        if recompute:
+            for served in self._serving.selection():
+                result = self.reference(served.shard, served.seq, served.depth)
+                report.checked["recomputed_stages"] = report.checked.get(
+                    "recomputed_stages", 0
+                ) + len(result.stages)
+                for stage in result.stages:
+                    if not stage.within_tolerance:
+                        report.flag(
+                            "recompute",
+                            f"shard {served.shard} sequence {served.seq} stage {stage.stage}: "
+                            f"retrained from scratch it differs by {stage.max_abs_diff:.3g}",
+                        )
+        return report
+
+    def verify_receipt(self, receipt: Receipt | dict[str, Any]) -> VerifyReport:
+        """Prove one deletion is still in force and the log up to it was not rewritten."""
+        if isinstance(receipt, dict):
+            receipt = Receipt.from_dict(receipt)
+        return verify_receipt(self._ws, receipt)
+
+    def reference(
+        self, shard: int, seq: int | None = None, depth: int | None = None
+    ) -> ReferenceReport:
+        """Retrain a sequence's stages from scratch on the samples its slices hold now and
+        compare them with the recorded ones (default: the sequence shard ``shard`` serves,
+        at its served depth)."""
+        from s3t.system.training.reference import reference
+
+        self._check_shard(shard)
+        if seq is None:
+            chosen = [s for s in self._serving.selection() if s.shard == shard]
+            if not chosen:
+                raise InvalidRequestError(f"shard {shard} serves no model; give a sequence")
+            seq, depth = chosen[0].seq, chosen[0].depth if depth is None else depth
+        return reference(self._ws, shard, self._check_index(seq, "sequence"), depth)
+
+    def samples(self, shard: int | None = None, include_deleted: bool = False) -> list[SampleInfo]:
+        """Sample ids with their shard, slice, subject and deletion time."""
         if shard is not None:
-            where.append("shard=?")
-            args.append(shard)
-        if not include_deleted:
-            where.append("deleted_at IS NULL")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self.workspace.registry().db.execute(
-            f"SELECT id, shard, slice, deleted_at FROM samples {clause} ORDER BY shard, slice, id",
-            args,
-        )
-        return [{"id": i, "shard": k, "slice": s, "deleted_at": d} for i, k, s, d in rows]
+            self._check_shard(shard)
+        rows = self._ws.registry().samples(shard, include_deleted)
+        return [SampleInfo(r.id, r.shard, r.slice, r.subject, r.deleted_at) for r in rows]
 
-    def audit(self, since: int = 0) -> list[dict[str, Any]]:
-        """Return the audit log (append-only), oldest first."""
+    def sequences(self, shard: int | None = None) -> list[SequenceInfo]:
+        """Every sequence (of one shard) with its valid depth and stage artifacts."""
+        if shard is not None:
+            self._check_shard(shard)
         return [
-            {"seq": seq, "at": at, "event": event, "detail": detail}
-            for seq, at, event, detail in self.workspace.registry().audit_log(since)
+            SequenceInfo(r.shard, r.seq, list(r.perm), r.depth, list(r.positions))
+            for r in self._ws.registry().sequences(shard)
         ]
 
-    def served(self) -> list[Served]:
-        """Which (shard, sequence, depth) answers requests now."""
-        return self.server.selection()
+    def stages(self) -> list[StageInfo]:
+        """Every stage artifact, where it sits, what it was trained on and how it went."""
+        return stage_infos(self._ws)
 
-    def export(self, shard: int, out_dir: str | Path) -> Path:
+    def audit(self, since: int = 0) -> list[dict[str, Any]]:
+        """Return the audit log (append-only, hash-chained), oldest first."""
+        since = self._check_index(since, "since")
+        return [
+            {"seq": e.seq, "at": e.at, "event": e.event, "detail": e.detail, "hash": e.hash}
+            for e in self._ws.registry().audit_log(since)
+        ]
+
+    def model_info(self) -> ModelInfo:
+        """The backbone: family, layers, parameter count and size, positions."""
+        return self._serving.model_info()
+
+    def backup(self, dest: str | Path) -> Path:
+        """Copy the workspace (registry by SQLite's online backup, artifact files) to a
+        new folder, consistent even while this or other processes serve and forget."""
+        return self._ws.backup(Path(dest))
+
+    def export(self, shard: int, out_dir: str | Path) -> ExportInfo:
         """Write the model ``shard`` serves now as a standard PEFT adapter folder."""
-        from s3t.engine.export import export_adapter
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise InvalidRequestError(f"--out {out} is a file; give a folder to export into")
+        self._check_shard(shard)
+        served, path = self._serving.export(shard, out)
+        return ExportInfo(path, served.shard, served.seq, served.depth, list(served.artifacts))
 
-        for _ in range(5):
-            chosen = [s for s in self.server.selection() if s.shard == shard]
-            if not chosen:
-                raise InvalidRequestError(
-                    f"shard {shard} serves no model (dead or unknown); see `s3t status`"
-                )
-            served = chosen[0]
-            try:
-                blocks, head = self.server.stages(served)
-            except ArtifactError:  # purged by a deletion meanwhile: choose again
-                continue
-            if self.server.still_valid([served]):  # as of now no deletion touched it
-                break
-        else:
-            raise ServiceUnavailableError(
-                "deletions kept invalidating the served model during the export; retry it"
-            )
-        provenance = {
-            "shard": served.shard,
-            "sequence": served.seq,
-            "depth": served.depth,
-            "artifacts": list(served.artifacts),
-            "config": self.workspace.config.to_dict(),
-        }
-        return export_adapter(
-            self.server.engine,
-            blocks,
-            head,
-            out_dir,
-            provenance,
-            seed=self.workspace.config.layout.seed,
-        )
+    # ----- checks ------------------------------------------------------------------------------
+    def _check_shard(self, shard: int) -> int:
+        count = self.config.layout.shards
+        if (
+            isinstance(shard, bool)
+            or not isinstance(shard, (int, np.integer))
+            or not 0 <= shard < count
+        ):
+            raise InvalidRequestError(f"shard must be in 0..{count - 1}, got {shard!r}")
+        return int(shard)
+
+    @staticmethod
+    def _check_index(value: int, name: str) -> int:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 0 <= value <= _MAX_INT
+        ):
+            raise InvalidRequestError(f"{name} must be an integer in 0..{_MAX_INT}, got {value!r}")
+        return int(value)

@@ -1,46 +1,46 @@
 """Deletion (Algorithm 4): forget samples at once, exactly and durably.
 
 Every id is validated before anything changes. Then one transaction marks the samples
-deleted, erases their stored content, truncates every sequence of their shards just
-before the first slice that held one, marks every artifact trained on them as purged and
-writes the receipt and audit entry. When :func:`forget` returns the deletion is on disk.
-The purged artifacts' files are removed right after the commit (and by ``S3T.open`` if the
-process died in between); they are never served again.
+deleted, erases their stored content, truncates every sequence of their shards just before
+the first slice that held one, purges every artifact trained on them, appends the request
+to the hash-chained audit log and stores the receipt. When :func:`forget` returns the
+deletion is on disk. Erasure follows at once: the purged artifacts' files are removed,
+and the database's old pages are overwritten and its write-ahead log emptied, so that no
+byte of a forgotten sample is left in any file. If a reader of an older snapshot holds the
+old pages (another process mid-read), the receipt says ``erasure: pending`` and the
+erasure completes as soon as that reader is done (an audit event records when).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 from s3t.core.partition import sample_id
 from s3t.core.schedule import truncated_depth
+from s3t.core.selection import served_depths
 from s3t.errors import InvalidRequestError, UnknownSampleError
-from s3t.system.registry import Registry, chunks, served_depths
-from s3t.system.workspace import Workspace
+from s3t.system.store.records import DeletionPlan, Truncation
+from s3t.system.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Truncation:
-    """One sequence cut short by a deletion."""
-
-    shard: int
-    seq: int
-    depth_before: int
-    depth_after: int
-    deactivated: list[str]  # artifact ids of stages depth_after+1..depth_before
+Erasure = Literal["complete", "pending"]
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """What a deletion request did; also stored in the registry under ``request_id``."""
+    """What a deletion request did; stored in the registry under ``request_id``.
+
+    ``chain_seq`` and ``chain_head`` are the request's position in the audit log and the
+    log's hash there: keep the receipt, and ``s3t verify --receipt`` proves later that
+    the deletion is still in force and that the log up to it was not rewritten.
+    ``erasure`` says whether every byte of the deleted samples is gone from the files yet.
+    """
 
     request_id: str
     at: float
@@ -52,33 +52,46 @@ class Receipt:
     purged_artifacts: list[str] = field(default_factory=list)
     degraded: bool = False
     failed: bool = False
+    chain_seq: int = 0
+    chain_head: str = ""
+    erasure: Erasure = "complete"
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Receipt:
+        """Rebuild a receipt from :meth:`to_dict` output (e.g. a file a user kept)."""
+        try:
+            fields = dict(data)
+            fields["truncated"] = [Truncation(**t) for t in fields.get("truncated", [])]
+            for key in ("served_depth_before", "served_depth_after"):
+                fields[key] = {int(k): int(v) for k, v in fields.get(key, {}).items()}
+            return cls(**fields)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InvalidRequestError(f"not an s3t deletion receipt: {exc}") from None
 
-def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
+
+def forget(workspace: Workspace, ids: Iterable[object], erase_wait_ms: int = 2_000) -> Receipt:
     """Delete samples; see the module docstring. Raises :class:`UnknownSampleError` (and
-    changes nothing) if any id was never in the workspace."""
+    changes nothing) if any id was never in the workspace. ``erase_wait_ms`` bounds how
+    long the erasure waits for readers of older snapshots before it reports ``pending``."""
     wanted = sorted({sample_id(i) for i in _as_list(ids)})
     registry = workspace.registry()
     slices = workspace.config.layout.slices
-    with registry.transaction() as db:
+    with registry.transaction():
         known = registry.sample_rows(wanted)
         unknown = [i for i in wanted if i not in known]
         if unknown:
             raise UnknownSampleError(unknown)
-        fresh = [i for i in wanted if known[i][2] is None]
-        already = [i for i in wanted if known[i][2] is not None]
-        request_id = uuid.uuid4().hex
-        now = time.time()
+        fresh = [i for i in wanted if known[i].deleted_at is None]
+        already = [i for i in wanted if known[i].deleted_at is not None]
         hit: dict[int, set[int]] = {}
         for sid in fresh:
-            shard, slice_, _ = known[sid]
-            hit.setdefault(shard, set()).add(slice_)
+            hit.setdefault(known[sid].shard, set()).add(known[sid].slice)
         rows = registry.sequences()
-        before = served_depths(rows)
+        untrained, unusable = registry.unservable()
         truncations: list[Truncation] = []
         for row in rows:
             if row.shard not in hit:
@@ -90,91 +103,64 @@ def forget(workspace: Workspace, ids: Iterable[object]) -> Receipt:
                         row.shard, row.seq, row.depth, depth, list(row.positions[depth : row.depth])
                     )
                 )
-                db.execute(
-                    "UPDATE sequences SET depth=? WHERE shard=? AND seq=?",
-                    (depth, row.shard, row.seq),
-                )
-        after = served_depths(rows, {(t.shard, t.seq): t.depth_after for t in truncations})
-        purged = _purge_marks(db, fresh, now)
-        for chunk in chunks(fresh):
-            marks = ",".join("?" * len(chunk))
-            db.execute(
-                f"UPDATE samples SET deleted_at=?, request_id=? WHERE id IN ({marks})",
-                (now, request_id, *chunk),
-            )
-            db.execute(f"DELETE FROM sample_data WHERE id IN ({marks})", chunk)
+        plan = DeletionPlan(
+            request_id=uuid.uuid4().hex,
+            at=time.time(),
+            requested=wanted,
+            deleted=[(sid, known[sid].shard, known[sid].slice) for sid in fresh],
+            already_deleted=already,
+            truncations=truncations,
+        )
+        record = registry.record_deletion(plan)
+        after = served_depths(
+            rows,
+            untrained,
+            unusable | set(record.purged),
+            {(t.shard, t.seq): t.depth_after for t in truncations},
+        )
         receipt = Receipt(
-            request_id=request_id,
-            at=now,
+            request_id=plan.request_id,
+            at=plan.at,
             deleted=fresh,
             already_deleted=already,
-            served_depth_before=before,
+            served_depth_before=served_depths(rows, untrained, unusable),
             served_depth_after=after,
             truncated=truncations,
-            purged_artifacts=purged,
+            purged_artifacts=record.purged,
             degraded=any(d < slices for d in after.values()),
             failed=all(d == 0 for d in after.values()),
+            chain_seq=record.chain_seq,
+            chain_head=record.chain_head,
+            erasure="pending" if fresh else "complete",
         )
-        db.execute(
-            "INSERT INTO deletions VALUES (?, ?, ?, ?)",
-            (request_id, now, json.dumps(wanted), json.dumps(receipt.to_dict())),
-        )
-        registry.audit(
-            "forget",
-            {
-                "request_id": request_id,
-                "deleted": [[sid, *known[sid][:2]] for sid in fresh],
-                "already_deleted": already,
-                "truncated": [[t.shard, t.seq, t.depth_before, t.depth_after] for t in truncations],
-            },
-        )
-    registry.checkpoint()
-    for artifact in purged:  # erase what the deleted samples trained; open() sweeps leftovers
-        try:
-            workspace.artifact_path(artifact).unlink(missing_ok=True)
-        except OSError:  # the deletion is committed; S3T.open removes the file later
-            log.warning("could not remove purged artifact %s now", artifact)
+        stored = receipt.to_dict()
+        stored.pop("erasure")  # the erasure's state is read live (see stored_receipt)
+        registry.save_receipt(plan, stored, record.chain_seq)
+    if fresh:
+        pending = workspace.erase_pending(erase_wait_ms)
+        receipt = replace(receipt, erasure="pending" if plan.request_id in pending else "complete")
     return receipt
 
 
-def remove_stale_files(workspace: Workspace, registry: Registry | None = None) -> int:
-    """Delete the files of purged artifacts still on disk and orphaned stage files (see
-    :meth:`Workspace.orphan_files`); return how many were removed."""
-    registry = registry or workspace.registry()
-    stale = [
-        workspace.artifact_path(artifact)
-        for (artifact,) in registry.db.execute("SELECT id FROM artifacts WHERE purged IS NOT NULL")
-    ]
-    removed = 0
-    for path in [*stale, *workspace.orphan_files()]:
-        try:
-            path.unlink()  # another process may remove it first
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def _purge_marks(db: Any, deleted: list[str], now: float) -> list[str]:
-    ids: set[str] = set()
-    for chunk in chunks(deleted):
-        marks = ",".join("?" * len(chunk))
-        ids |= {
-            r[0]
-            for r in db.execute(f"SELECT artifact FROM lineage WHERE sample IN ({marks})", chunk)
-        }
-    for chunk in chunks(sorted(ids)):
-        marks = ",".join("?" * len(chunk))
-        db.execute(
-            f"UPDATE artifacts SET purged=? WHERE id IN ({marks}) AND purged IS NULL", (now, *chunk)
-        )
-    return sorted(ids)
+def stored_receipt(workspace: Workspace, request_id: str) -> Receipt | None:
+    """The receipt of an earlier deletion request with its erasure state as of now."""
+    registry = workspace.registry()
+    data = registry.receipt(request_id)
+    if data is None:
+        return None
+    pending = request_id in registry.pending_erasures()
+    return Receipt.from_dict({**data, "erasure": "pending" if pending else "complete"})
 
 
 def _as_list(ids: Iterable[object]) -> list[object]:
     if isinstance(ids, (str, bytes)):
         raise InvalidRequestError(f"forget takes a list of sample ids, got a single string {ids!r}")
-    items = list(ids)
+    try:
+        items = list(ids)
+    except TypeError:
+        raise InvalidRequestError(
+            f"forget takes a list of sample ids, got {type(ids).__name__}"
+        ) from None
     if not items:
         raise InvalidRequestError("forget needs at least one sample id, got an empty list")
     return items

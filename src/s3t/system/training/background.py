@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from s3t.errors import ConfigError
-from s3t.system.workspace import Workspace
+from s3t.system.store.workspace import Workspace
 
 if TYPE_CHECKING:
-    from s3t.system.training import EventCallback, StageOutcome, Trainer
+    from s3t.system.training.trainer import EventCallback, StageOutcome, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class RetrainPolicy:
         slices = range(workspace.config.layout.slices)
         return [
             shard
-            for shard, depth in sorted(registry.served_depths().items())
+            for shard, depth in sorted(workspace.served_depths().items())
             if (
                 (self.when_dead and depth == 0)
                 or (self.min_depth is not None and depth < self.min_depth)
@@ -75,6 +75,10 @@ class BackgroundRetrainer:
         """Start the worker thread."""
         self._thread.start()
 
+    def due(self) -> list[int]:
+        """The shards the policy says to retrain now."""
+        return self.policy.shards_due(self.ws)
+
     def wake(self) -> None:
         """Check the policy now (e.g. right after a deletion)."""
         self._idle.clear()
@@ -98,7 +102,7 @@ class BackgroundRetrainer:
                 due = self.policy.shards_due(self.ws)
                 if due:
                     if self._trainer is None:
-                        from s3t.system.training import Trainer
+                        from s3t.system.training.trainer import Trainer
 
                         self._trainer = Trainer(self.ws, self.on_event)
                     progress = 0

@@ -8,6 +8,7 @@ content is erased from the only copy s3t keeps). Opening one checks the schema v
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -19,23 +20,33 @@ from typing import Any
 import numpy as np
 
 from s3t.core.partition import partition
+from s3t.core.selection import Served, served_depths, serving_choice
 from s3t.core.sequences import select_sequences
 from s3t.data.examples import Dataset, Examples
-from s3t.errors import ConfigError, WorkspaceError
+from s3t.errors import ArtifactError, ConfigError, WorkspaceError
 from s3t.system.config import S3TConfig
-from s3t.system.registry import DB_NAME, Registry
+from s3t.system.store.files import ArtifactFiles, unlink_all
+from s3t.system.store.registry import DB_NAME, Registry
 
 log = logging.getLogger(__name__)
 
 
 class Workspace:
-    """An open workspace. Thread-safe: each thread gets its own registry connection."""
+    """An open workspace. Thread-safe: each thread gets its own registry connection. A
+    workspace that cannot be written (a read-only folder or medium, or ``read_only``)
+    serves every read and refuses every change."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, read_only: bool = False) -> None:
         self.root = Path(root)
-        registry = Registry(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(
+                f"workspace path {self.root} is a file, not a folder; choose another --workspace"
+            )
+        registry = Registry(self.root, read_only=read_only)
+        self.read_only = registry.read_only
         self._local = threading.local()
         self._local.registry = registry
+        self.files = ArtifactFiles(self.root, DB_NAME)
         config = registry.get_meta("config")
         if config is None:
             raise WorkspaceError(
@@ -52,28 +63,9 @@ class Workspace:
         """Return this thread's registry connection."""
         registry = getattr(self._local, "registry", None)
         if registry is None:
-            registry = Registry(self.root)
+            registry = Registry(self.root, read_only=self.read_only)
             self._local.registry = registry
         return registry
-
-    def artifact_path(self, artifact_id: str) -> Path:
-        """Return where an artifact's file lives (by content hash)."""
-        return self.root / "artifacts" / artifact_id[:2] / f"{artifact_id}.safetensors"
-
-    def orphan_files(self, min_age_seconds: float = 600.0) -> list[Path]:
-        """Files under ``artifacts/`` that no registry row names (left by a process killed
-        between writing a stage and swapping it in), older than ``min_age_seconds`` so that
-        a stage being swapped in right now is never counted."""
-        folder = self.root / "artifacts"
-        if not folder.exists():
-            return []
-        known = {r[0] for r in self.registry().db.execute("SELECT id FROM artifacts")}
-        cutoff = time.time() - min_age_seconds
-        return sorted(
-            path
-            for path in folder.rglob("*")
-            if path.name.split(".", 1)[0] not in known and _modified_before(path, cutoff)
-        )
 
     def examples(self, table: str = "sample_data") -> Examples:
         """Return the stored training samples still present (or the test split)."""
@@ -91,10 +83,124 @@ class Workspace:
             )
         return examples_from_records(ids, records, self.task, self.label_names)
 
-    def has_test_split(self) -> bool:
-        """Whether a held-out test split is stored."""
-        row = self.registry().db.execute("SELECT count(*) FROM eval_data").fetchone()
-        return bool(row[0])
+    # ----- what is served -------------------------------------------------------------------
+    def serving(self, budget: int | None = None) -> dict[int, Served]:
+        """Each live shard's served model now (see :func:`s3t.core.selection.serving_choice`)."""
+        registry = self.registry()
+        with registry.reading():
+            rows = registry.sequences()
+            untrained, unusable = registry.unservable()
+        return serving_choice(rows, budget, untrained, unusable)
+
+    def served_depths(self) -> dict[int, int]:
+        """Each shard's served depth now (0 = dead)."""
+        registry = self.registry()
+        with registry.reading():
+            rows = registry.sequences()
+            untrained, unusable = registry.unservable()
+        return served_depths(rows, untrained, unusable)
+
+    # ----- artifacts ------------------------------------------------------------------------
+    def read_artifact(self, artifact: str) -> bytes:
+        """An artifact's bytes, checked against its sha256. A missing or corrupted file
+        (not one a deletion purged) is quarantined — its sequences are cut to just before
+        it, retraining rebuilds it — and reported as :class:`ArtifactError`."""
+        try:
+            data = self.files.read(artifact)
+        except ArtifactError:
+            reason = "its file is missing"
+        else:
+            if hashlib.sha256(data).hexdigest() == artifact:
+                return data
+            reason = "its file does not match its sha256 (corrupted)"
+        if not self.read_only:
+            self.quarantine(artifact, reason)
+        raise ArtifactError(
+            f"artifact {artifact[:12]}: {reason}; it is quarantined and its sequences serve "
+            "a shorter prefix until `s3t retrain` rebuilds it"
+        )
+
+    def quarantine(self, artifact: str, reason: str) -> None:
+        """Take an artifact out of service (unless a deletion already purged it)."""
+        if self.registry().quarantine(artifact, reason):
+            log.warning("quarantined artifact %s: %s", artifact, reason)
+            self.files.quarantine(artifact)
+
+    # ----- clean-up and erasure ----------------------------------------------------------------
+    def sweep(self) -> int:
+        """Remove what must not be on disk: files of purged artifacts, and leftovers of
+        crashed processes (unregistered stage files, temp files, half-created registries);
+        then finish pending erasures. Returns how many files were removed. Changes nothing
+        in a read-only workspace."""
+        if self.read_only:
+            return 0
+        registry = self.registry()
+        removed = sum(self._remove_artifact(a) for a in registry.purged_ids())
+        removed += unlink_all(self.files.leftovers(registry.artifact_ids()))
+        self.erase_pending()
+        return removed
+
+    def erase_pending(self, busy_ms: int = 2_000) -> list[str]:
+        """Finish the erasure of every deletion still pending: remove the files of purged
+        artifacts (and stage files a crashed trainer left from before the deletion), then
+        overwrite the database's old pages and empty its write-ahead log. Logs each
+        completion in the audit log; returns the requests still pending (a reader of an old
+        snapshot, or a trainer about to swap a stage written before the deletion)."""
+        registry = self.registry()
+        pending = registry.pending_erasures()
+        if not pending or self.read_only:
+            return sorted(pending)
+        blocked = False
+        for artifact in registry.purged_ids():
+            try:
+                self.files.remove(artifact)
+            except WorkspaceError as exc:  # a crafted id: never used as a path
+                log.warning("%s", exc)
+            except OSError as exc:
+                log.warning("could not remove purged artifact %s: %s", artifact, exc)
+                blocked = True
+        latest = max(pending.values())
+        for path in self.files.unregistered(registry.artifact_ids(), written_before=latest):
+            if time.time() - _mtime(path) > ORPHAN_GRACE_SECONDS:
+                blocked |= unlink_all([path]) == 0 and path.exists()
+            else:
+                blocked = True  # a trainer may swap it in (or discard it) any moment now
+        if blocked or not registry.checkpoint(busy_ms):
+            return sorted(pending)
+        registry.complete_erasures(pending)
+        return sorted(set(registry.pending_erasures()))
+
+    def _remove_artifact(self, artifact: str) -> int:
+        try:
+            return int(self.files.remove(artifact))
+        except WorkspaceError as exc:  # a crafted id: never used as a path; verify reports it
+            log.warning("%s", exc)
+            return 0
+        except OSError as exc:
+            log.warning("could not remove purged artifact %s: %s", artifact, exc)
+            return 0
+
+    def backup(self, dest: Path) -> Path:
+        """Copy this workspace to the new folder ``dest``: the registry through SQLite's
+        online backup (one consistent snapshot, whatever else runs), then the files of
+        the artifacts that snapshot keeps. A backup is a snapshot: later deletions do not
+        reach it."""
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise WorkspaceError(f"backup destination {dest} exists and is not an empty folder")
+        dest.mkdir(parents=True, exist_ok=True)
+        self.registry().backup(dest / DB_NAME)
+        copy = Registry(dest)
+        try:
+            keep = [a.id for a in copy.artifacts() if a.purged is None and a.quarantined is None]
+        finally:
+            copy.close()
+        target = ArtifactFiles(dest, DB_NAME)
+        for artifact in keep:
+            try:
+                target.write(artifact, self.files.read(artifact))
+            except ArtifactError:
+                log.warning("artifact %s vanished during the backup (purged meanwhile)", artifact)
+        return dest
 
     @classmethod
     def create(
@@ -118,7 +224,7 @@ class Workspace:
                     f"workspace {root} already holds a system with another configuration; "
                     "choose another --workspace or delete this one"
                 )
-            held = {r[0] for r in existing.registry().db.execute("SELECT id FROM samples")}
+            held = existing.registry().sample_ids()
             if held != set(dataset.train.ids):
                 raise WorkspaceError(
                     f"workspace {root} holds {len(held)} samples but the data given has "
@@ -149,15 +255,22 @@ class Workspace:
             for shard in range(config.layout.shards)
         ]
         # Written whole under a private name, then linked into place: a crash leaves no
-        # half-created registry, and of two processes creating at once exactly one wins.
+        # half-created registry (and any process that opens the workspace removes the
+        # scratch file of a dead creator), and of two processes creating at once one wins.
         scratch = f"{DB_NAME}.creating-{os.getpid()}-{threading.get_ident()}"
         try:
             cls._write(root, config, dataset, priors, layout.assignment, sequences, scratch)
             _fsync(root / scratch)
             os.link(root / scratch, root / DB_NAME)
             _fsync(root)
-        except FileExistsError:  # another process created it meanwhile: resume that one
+        except (FileExistsError, FileNotFoundError):  # another process created it meanwhile
+            if not (root / DB_NAME).exists():
+                raise
             return cls.create(root, config, dataset, risk)
+        except OSError as exc:
+            raise WorkspaceError(
+                f"cannot create workspace {root}: {exc.strerror or exc}; nothing was created"
+            ) from exc
         finally:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 (root / (scratch + suffix)).unlink(missing_ok=True)
@@ -176,7 +289,7 @@ class Workspace:
         train = dataset.train
         registry = Registry(root, create=True, name=name)
         try:
-            with registry.transaction() as db:
+            with registry.transaction():
                 registry.set_meta("config", config.to_dict())
                 registry.set_meta("task", train.task)
                 registry.set_meta("modality", train.modality)
@@ -184,34 +297,21 @@ class Workspace:
                     "label_names", list(train.label_names) if train.label_names else None
                 )
                 registry.set_meta("dataset", dataset.name)
-                db.executemany(
-                    "INSERT INTO samples (id, shard, slice, content_sha256) VALUES (?, ?, ?, ?)",
-                    (
-                        (sid, *assignment[sid], train.content_hash(row))
-                        for row, sid in enumerate(train.ids)
-                    ),
-                )
-                db.executemany(
-                    "INSERT INTO sample_data VALUES (?, ?)",
-                    (
-                        (sid, json.dumps(encode_record(train, row)))
-                        for row, sid in enumerate(train.ids)
-                    ),
+                registry.insert_samples(
+                    (sid, *assignment[sid], sid, json.dumps(encode_record(train, row)))
+                    for row, sid in enumerate(train.ids)
                 )
                 if dataset.test is not None:
                     test = dataset.test
-                    db.executemany(
-                        "INSERT INTO eval_data VALUES (?, ?)",
+                    registry.insert_samples(
                         (
-                            (sid, json.dumps(encode_record(test, row)))
+                            (sid, 0, 0, sid, json.dumps(encode_record(test, row)))
                             for row, sid in enumerate(test.ids)
                         ),
+                        table="eval_data",
                     )
                 for shard, seqs in enumerate(sequences):
-                    db.executemany(
-                        "INSERT INTO sequences VALUES (?, ?, ?, 0)",
-                        ((shard, b, json.dumps(list(seq))) for b, seq in enumerate(seqs)),
-                    )
+                    registry.insert_sequences(shard, seqs)
                 registry.audit(
                     "created",
                     {
@@ -222,17 +322,19 @@ class Workspace:
                         "slice_priors": priors.round(6).tolist(),
                     },
                 )
-            registry.db.execute("PRAGMA journal_mode=DELETE")  # the file alone holds it all
+            registry.finish_creation()
         finally:
             registry.close()
 
 
-def _modified_before(path: Path, cutoff: float) -> bool:
-    """Whether ``path`` is a file last modified before ``cutoff`` (False once it is gone)."""
+ORPHAN_GRACE_SECONDS = 60.0
+
+
+def _mtime(path: Path) -> float:
     try:
-        return path.is_file() and path.stat().st_mtime < cutoff
+        return path.stat().st_mtime
     except FileNotFoundError:
-        return False
+        return time.time()
 
 
 def _fsync(path: Path) -> None:

@@ -14,24 +14,9 @@ import numpy as np
 from scipy.stats import rankdata
 
 from s3t.data.examples import Examples
-from s3t.engine.features import FeatureStore
 from s3t.errors import InvalidRequestError
-from s3t.system.serving import Server, aggregate_logits
-
-
-def sample_losses(server: Server, examples: Examples, aggregate: str = "mean-logits") -> np.ndarray:
-    """Return each sample's loss under the served system (cross-entropy of the aggregated
-    probabilities; squared error for regression)."""
-    if examples.labels is None:
-        raise InvalidRequestError("membership inference needs labelled examples")
-    store = FeatureStore.from_examples(server.engine.backbone, examples)
-    _, logits = server.shard_logits(store)
-    _, scores = aggregate_logits(list(logits.values()), aggregate, examples.task)
-    truth = np.asarray(examples.labels)
-    if examples.task == "regression":
-        return np.asarray((scores[:, 0] - truth) ** 2, dtype=np.float64)
-    probs = np.clip(scores[np.arange(len(truth)), truth.astype(np.int64)], 1e-12, 1.0)
-    return np.asarray(-np.log(probs), dtype=np.float64)
+from s3t.system.serving.scoring import sample_losses
+from s3t.system.serving.server import Server
 
 
 def attack_auc(member_losses: np.ndarray, other_losses: np.ndarray) -> float:

@@ -11,31 +11,26 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from s3t.engine.artifacts import read_stage
+from s3t.core.selection import Served, serving_choice
+from s3t.engine.artifacts import decode_stage
 from s3t.engine.blocks import BlockModel, State
 from s3t.engine.features import FeatureStore, plan_batches
 from s3t.engine.loading import load_backbone
 from s3t.errors import ArtifactError, InvalidRequestError, ServiceUnavailableError
-from s3t.system.workspace import Workspace
+from s3t.system.reports import ModelInfo
+from s3t.system.store.workspace import Workspace
 
 AGGREGATIONS = ("mean-logits", "mean-probs", "vote")
-
-
-@dataclass(frozen=True)
-class Served:
-    """The model one shard serves: its sequence, depth and stage artifacts."""
-
-    shard: int
-    seq: int
-    depth: int
-    artifacts: tuple[str, ...]
+_ATTEMPTS = 20  # selections tried per request (each retry follows a purge or a quarantine)
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,6 +61,13 @@ class Server:
         self._lock = threading.RLock()
         self._tensors: OrderedDict[str, tuple[State, State]] = OrderedDict()
         self._cache_size = cache_size
+        #: artifacts that failed to load and could not be quarantined (read-only workspace)
+        self._bad: set[str] = set()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model instance has been loaded."""
+        return self._engine is not None
 
     @property
     def engine(self) -> BlockModel:
@@ -78,34 +80,43 @@ class Server:
             return self._engine
 
     def selection(self, budget: int | None = None) -> list[Served]:
-        """Return the model every live shard serves now (longest valid prefix; the lowest
-        sequence number among equals). ``budget`` limits the choice to each shard's first
-        B sequences: selectors nest, so that is exactly the system trained with budget B."""
-        best: dict[int, Served] = {}
-        for row in self.ws.registry().sequences():
-            if row.depth == 0 or (budget is not None and row.seq >= budget):
-                continue
-            current = best.get(row.shard)
-            if current is None or row.depth > current.depth:
-                best[row.shard] = Served(row.shard, row.seq, row.depth, row.active())
-        if not best:
+        """Return the model every live shard serves now: the longest servable prefix (the
+        lowest sequence number among equals). ``budget`` limits the choice to each shard's
+        first B sequences: selectors nest, so that is exactly the system trained with
+        budget B."""
+        chosen = self.ws.serving(budget)
+        if self._bad:
+            registry = self.ws.registry()
+            with registry.reading():
+                rows = registry.sequences()
+                untrained, unusable = registry.unservable()
+            chosen = serving_choice(rows, budget, untrained, unusable | self._bad)
+        if not chosen:
             raise ServiceUnavailableError(
                 "every shard has lost every model: no prediction can be served until "
                 "retraining restores one (run `s3t retrain`)"
             )
-        return [best[k] for k in sorted(best)]
+        return [chosen[k] for k in sorted(chosen)]
 
     def tensors(self, artifact: str) -> tuple[State, State]:
-        """Return (block, head) of an artifact (LRU-cached, sha256-checked on load)."""
+        """Return (block, head) of an artifact (LRU-cached, sha256-checked on load; a
+        corrupted file is quarantined and raises :class:`ArtifactError`)."""
         with self._lock:
             if artifact in self._tensors:
                 self._tensors.move_to_end(artifact)
                 return self._tensors[artifact]
-            block, head, _ = read_stage(self.ws.artifact_path(artifact), expected_sha256=artifact)
+        try:
+            data = self.ws.read_artifact(artifact)
+        except ArtifactError:
+            if artifact not in self.ws.registry().purged_among([artifact]) or self.ws.read_only:
+                self._bad.add(artifact)
+            raise
+        block, head, _ = decode_stage(data)
+        with self._lock:
             self._tensors[artifact] = (block, head)
             while len(self._tensors) > self._cache_size:
                 self._tensors.popitem(last=False)
-            return block, head
+        return block, head
 
     def stages(self, served: Served) -> tuple[list[State], State | None]:
         """Return the block tensors of stages 1..depth and the head of stage depth."""
@@ -123,35 +134,32 @@ class Server:
     def shard_logits(
         self, store: FeatureStore, batch_size: int = 64, budget: int | None = None
     ) -> tuple[list[Served], dict[int, torch.Tensor]]:
-        """Return the served models and each one's logits for every row of ``store``.
+        """Return the served models and each one's logits for every row of ``store``."""
+        return self.consistently(lambda served: self.logits_for(served, store, batch_size), budget)
 
-        Answers are checked after computing: if a deletion purged any stage used meanwhile
-        (or an artifact vanished), the selection is made again, so nothing trained on a
-        sample is served once its deletion has been acknowledged."""
-        for _ in range(5):
+    def consistently(
+        self, compute: Callable[[list[Served]], T], budget: int | None = None
+    ) -> tuple[list[Served], T]:
+        """Run ``compute`` on the models served now and return (models, result), checked
+        after computing: if a deletion purged any stage used meanwhile, or a stage file
+        turned out corrupted (it is quarantined), the selection is made again, so nothing
+        trained on a sample is served once its deletion has been acknowledged and a bad
+        file costs one sequence, not the service."""
+        for _ in range(_ATTEMPTS):
             served = self.selection(budget)
             try:
-                logits = self.logits_for(served, store, batch_size)
+                result = compute(served)
             except ArtifactError:
                 continue
             if self.still_valid(served):
-                return served, logits
+                return served, result
         raise ServiceUnavailableError(
             "deletions kept invalidating the served models during this request; retry it"
         )
 
     def still_valid(self, served: Sequence[Served]) -> bool:
-        """Whether none of the served stages has been purged by a deletion."""
-        used = sorted({a for s in served for a in s.artifacts})
-        marks = ",".join("?" * len(used))
-        row = (
-            self.ws.registry()
-            .db.execute(
-                f"SELECT count(*) FROM artifacts WHERE id IN ({marks}) AND purged IS NOT NULL", used
-            )
-            .fetchone()
-        )
-        return not row[0]
+        """Whether none of the served stages has been purged (or quarantined) meanwhile."""
+        return not self.ws.registry().purged_among(a for s in served for a in s.artifacts)
 
     def logits_for(
         self, served: list[Served], store: FeatureStore, batch_size: int = 64
@@ -206,6 +214,44 @@ class Server:
             shown = list(labels)
         return Prediction(shown, scores.tolist(), served, aggregate)
 
+    def export(self, shard: int, out: Path) -> tuple[Served, Path]:
+        """Write the model ``shard`` serves now as a PEFT adapter folder (chosen again if a
+        deletion purges it meanwhile)."""
+        from s3t.engine.export import export_adapter
+
+        def tensors(selection: list[Served]) -> tuple[Served, list[State], State | None]:
+            mine = [s for s in selection if s.shard == shard]
+            if not mine:
+                raise InvalidRequestError(f"shard {shard} serves no model (dead); see `s3t status`")
+            return (mine[0], *self.stages(mine[0]))
+
+        _, (served, blocks, head) = self.consistently(tensors)
+        provenance = {
+            "shard": served.shard,
+            "sequence": served.seq,
+            "depth": served.depth,
+            "artifacts": list(served.artifacts),
+            "config": self.ws.config.to_dict(),
+        }
+        with self._lock:
+            path = export_adapter(
+                self.engine, blocks, head, out, provenance, seed=self.ws.config.layout.seed
+            )
+        return served, path
+
+    def model_info(self) -> ModelInfo:
+        """The backbone: family, layers, parameters (LoRA excluded) and positions."""
+        engine = self.engine
+        base = [p for n, p in engine.model.named_parameters() if "lora_" not in n]
+        return ModelInfo(
+            name_or_path=self.ws.config.model.name_or_path,
+            family=str(engine.family),
+            layers=engine.backbone.anatomy.num_layers,
+            parameters=sum(p.numel() for p in base),
+            parameter_bytes=sum(p.numel() * p.element_size() for p in base),
+            positions=model_positions(engine),
+        )
+
     def _store_for(self, inputs: Any) -> FeatureStore:
         backbone = self.engine.backbone
         if self.ws.modality == "image":
@@ -222,6 +268,12 @@ class Server:
             raise InvalidRequestError(
                 "text inputs must be a non-empty list of strings (or of (text, pair) tuples)"
             )
+        for i, x in enumerate(inputs):
+            for text in x if isinstance(x, (tuple, list)) else [x]:
+                if isinstance(text, str) and not _is_unicode(text):
+                    raise InvalidRequestError(
+                        f"input {i} is not valid Unicode text (it holds an unpaired surrogate)"
+                    )
         if all(isinstance(x, str) for x in inputs):
             return FeatureStore(backbone, [str(i) for i in range(len(inputs))], text=list(inputs))
         if all(
@@ -249,22 +301,21 @@ class Server:
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise InvalidRequestError("prompts must be a non-empty list of strings")
         engine = self.engine
+        limit = model_positions(engine) - 1
+        if not 1 <= max_new_tokens <= limit:
+            raise InvalidRequestError(
+                f"max_new_tokens must be in 1..{limit} (this model has {limit + 1} positions), "
+                f"got {max_new_tokens!r}"
+            )
         tokenizer: Any = engine.backbone.tokenizer
         outputs: list[str] = []
         provenance: list[list[Served]] = []
         for prompt in prompts:
-            for _ in range(5):
-                served = self.selection()
-                try:
-                    text = self._generate_one(served, tokenizer, prompt, max_new_tokens)
-                except ArtifactError:  # a stage purged by a deletion meanwhile: choose again
-                    continue
-                if self.still_valid(served):
-                    break
-            else:
-                raise ServiceUnavailableError(
-                    "deletions kept invalidating the served models; retry"
-                )
+
+            def one(chosen: list[Served], prompt: str = prompt) -> str:
+                return self._generate_one(chosen, tokenizer, prompt, max_new_tokens)
+
+            served, text = self.consistently(one)
             outputs.append(text)
             provenance.append(served)
         return outputs, provenance
@@ -273,12 +324,12 @@ class Server:
         self, served: list[Served], tokenizer: Any, prompt: str, max_new_tokens: int
     ) -> str:
         engine = self.engine
+        positions = model_positions(engine)
         new: list[int] = []
         with self._lock, torch.no_grad():
             engine.set_eval()
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"][
-                :, -engine.backbone.spec.max_length :
-            ]
+            room = min(engine.backbone.spec.max_length, positions - max_new_tokens)
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, -room:]
             for _ in range(max_new_tokens):
                 total: torch.Tensor | None = None
                 for s in served:
@@ -293,6 +344,24 @@ class Server:
                 new.append(token)
                 ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
         return str(tokenizer.decode(new, skip_special_tokens=True))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def model_positions(engine: BlockModel) -> int:
+    """How many token positions the model can attend over (its position-embedding size)."""
+    config: Any = engine.model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return 2048
 
 
 def aggregate_logits(

@@ -1,0 +1,239 @@
+"""The typed results the facade returns, and how status and health are computed from one
+read of the registry. Every result has ``to_dict()`` for JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s3t.core.selection import Served, serving_choice
+from s3t.core.simulate import expected_requests_to_cover
+from s3t.system.store.workspace import Workspace
+
+
+class _Json:
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return _plain(asdict(self))  # type: ignore[call-overload]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class ShardStatus(_Json):
+    """One shard: its sequences' depths and what it serves."""
+
+    shard: int
+    served_depth: int
+    serving_sequence: int | None
+    depths: list[int]
+    sequences: list[list[int]]
+    live_samples: int
+    deleted_samples: int
+
+
+@dataclass(frozen=True)
+class Status(_Json):
+    """The state of a whole system."""
+
+    slices: int
+    budget: int
+    shards: list[ShardStatus]
+    live_shards: int
+    deletion_requests: int
+    deleted_samples: int
+    estimated_deletions_left: float
+    sequences_below_full_depth: int
+    degraded: bool
+    failed: bool
+    quarantined: list[str] = field(default_factory=list)
+    erasures_pending: int = 0
+    background: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Health(_Json):
+    """A cheap liveness answer (never loads the model)."""
+
+    ok: bool
+    live_shards: int
+    failed: bool
+    quarantined: int
+    erasures_pending: int
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class SampleInfo(_Json):
+    """One training sample's place and fate."""
+
+    id: str
+    shard: int
+    slice: int
+    subject: str
+    deleted_at: float | None
+
+
+@dataclass(frozen=True)
+class SequenceInfo(_Json):
+    """One sequence: its slice order, valid depth and the artifacts of its stages."""
+
+    shard: int
+    seq: int
+    perm: list[int]
+    depth: int
+    artifacts: list[str]
+
+
+@dataclass(frozen=True)
+class StageInfo(_Json):
+    """One stage artifact: where it sits, what it was trained on and how it went."""
+
+    artifact: str
+    shard: int
+    stage: int
+    slices: list[int]
+    samples: int
+    trained_on: int
+    bytes: int
+    sequences: list[int]
+    active: bool
+    purged: bool
+    quarantined: bool
+    metrics: dict[str, Any]
+    path: str
+
+
+@dataclass(frozen=True)
+class ExportInfo(_Json):
+    """Where a served model was exported, and which one."""
+
+    path: Path
+    shard: int
+    sequence: int
+    depth: int
+    artifacts: list[str]
+
+
+@dataclass(frozen=True)
+class Generation(_Json):
+    """Generated responses, and for each the models that produced it."""
+
+    outputs: list[str]
+    served: list[list[Served]]
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Json):
+    """The backbone a workspace fine-tunes."""
+
+    name_or_path: str
+    family: str
+    layers: int
+    parameters: int
+    parameter_bytes: int
+    positions: int
+
+
+def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
+    """Per-shard depths, live shards, deletions so far and the expected number of further
+    deletions (uniform over live samples, no retraining) before service failure."""
+    registry = workspace.registry()
+    layout = workspace.config.layout
+    with registry.reading():
+        rows = registry.sequences()
+        untrained, unusable = registry.unservable()
+        counts = registry.slice_counts()
+        requests = registry.deletion_count()
+        quarantined = sorted(a.id for a in registry.artifacts() if a.quarantined is not None)
+        pending = len(registry.pending_erasures())
+    chosen = serving_choice(rows, None, untrained, unusable)
+    total_live = sum(live for live, _ in counts.values())
+    shards = []
+    cells: set[tuple[int, int]] = set()
+    for k in range(layout.shards):
+        mine = [r for r in rows if r.shard == k]
+        cells |= {(k, r.perm[0]) for r in mine if r.depth >= 1}
+        served = chosen.get(k)
+        shards.append(
+            ShardStatus(
+                shard=k,
+                served_depth=served.depth if served else 0,
+                serving_sequence=served.seq if served else None,
+                depths=[r.depth for r in mine],
+                sequences=[list(r.perm) for r in mine],
+                live_samples=sum(counts.get((k, s), (0, 0))[0] for s in range(layout.slices)),
+                deleted_samples=sum(counts.get((k, s), (0, 0))[1] for s in range(layout.slices)),
+            )
+        )
+    probs = [counts.get(c, (0, 0))[0] / total_live for c in sorted(cells)] if total_live else []
+    live_shards = sum(1 for s in shards if s.served_depth > 0)
+    return Status(
+        slices=layout.slices,
+        budget=layout.budget,
+        shards=shards,
+        live_shards=live_shards,
+        deletion_requests=requests,
+        deleted_samples=sum(s.deleted_samples for s in shards),
+        estimated_deletions_left=expected_requests_to_cover(probs) if cells else 0.0,
+        sequences_below_full_depth=sum(r.depth < layout.slices for r in rows),
+        degraded=any(s.served_depth < layout.slices for s in shards),
+        failed=live_shards == 0,
+        quarantined=quarantined,
+        erasures_pending=pending,
+        background=background,
+    )
+
+
+def compute_health(workspace: Workspace) -> Health:
+    """Liveness from the registry alone."""
+    registry = workspace.registry()
+    with registry.reading():
+        rows = registry.sequences()
+        untrained, unusable = registry.unservable()
+        quarantined = sum(1 for a in registry.artifacts() if a.quarantined is not None)
+        pending = len(registry.pending_erasures())
+    live = len(serving_choice(rows, None, untrained, unusable))
+    return Health(True, live, live == 0, quarantined, pending, workspace.read_only)
+
+
+def stage_infos(workspace: Workspace) -> list[StageInfo]:
+    """Every stage artifact with the sequences that hold it, by shard and slices."""
+    registry = workspace.registry()
+    with registry.reading():
+        rows = registry.sequences()
+        artifacts = registry.artifacts()
+    users: dict[str, list[int]] = {}
+    active: set[str] = set()
+    for row in rows:
+        for artifact in row.positions:
+            users.setdefault(artifact, []).append(row.seq)
+        active |= set(row.active())
+    out = [
+        StageInfo(
+            artifact=a.id,
+            shard=a.shard,
+            stage=a.stage,
+            slices=list(a.prefix),
+            samples=a.n_samples,
+            trained_on=a.n_train,
+            bytes=a.bytes,
+            sequences=sorted(users.get(a.id, [])),
+            active=a.id in active,
+            purged=a.purged is not None,
+            quarantined=a.quarantined is not None,
+            metrics=a.metrics,
+            path=str(workspace.files.path(a.id)),
+        )
+        for a in artifacts
+    ]
+    return sorted(out, key=lambda s: (s.shard, s.slices, s.artifact))

@@ -1,0 +1,106 @@
+"""Training on Ray: shards are independent, so each shard's planned stages are trained by one
+Ray task (its own process and model instance, given only that shard's live samples, its
+jobs and the parent artifacts they start from). The task runs the same canonical
+computation as local training, with the driver's thread count and CPU-kernel settings, so
+its artifacts are bit-identical to local ones on the same kind of machine. The driver
+stays the only writer: the trainer commits every returned stage through the race-checked
+swap.
+
+Install the extra (``pip install 's3t[ray]'``); ``RayExecutor(address="auto")`` joins a
+running cluster, the default starts a local one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from s3t.errors import ConfigError
+from s3t.system.config import S3TConfig
+from s3t.system.training.stage_worker import ShardWork, StageWorker, TrainedStage
+from s3t.system.training.trainer import EventCallback, StageEvent
+
+log = logging.getLogger(__name__)
+
+#: environment variables that select CPU kernels; workers get the driver's values
+KERNEL_VARIABLES = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "ONEDNN_MAX_CPU_ISA",
+)
+
+
+def train_shard(config: dict[str, Any], work: ShardWork, threads: int) -> list[TrainedStage]:
+    """Run in a Ray worker: train a shard's jobs with the driver's thread count."""
+    import torch
+
+    torch.set_num_threads(threads)
+    worker = StageWorker(S3TConfig.from_dict(config))
+    return list(worker.run(work))
+
+
+class RayExecutor:
+    """Trains shards in parallel Ray tasks; ``cpus_per_task`` sizes each task (and, by
+    default, its thread count: the driver's, so that results match local training)."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        cpus_per_task: int = 1,
+        threads: int | None = None,
+    ) -> None:
+        if cpus_per_task < 1:
+            raise ConfigError(f"cpus_per_task must be >= 1, got {cpus_per_task!r}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads!r}")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.cpus_per_task = cpus_per_task
+        self.threads = threads
+
+    def _ray(self) -> Any:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("distributed training needs Ray: pip install 's3t[ray]'") from None
+        if not ray.is_initialized():
+            ray.init(
+                address=self.address,
+                num_cpus=None if self.address else self.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        return ray
+
+    def run(
+        self,
+        config: S3TConfig,
+        work: Sequence[ShardWork],
+        on_event: EventCallback,
+        stop: threading.Event | None = None,
+    ) -> Iterator[TrainedStage]:
+        """Start one task per shard; yield each shard's stages as its task finishes."""
+        import torch
+
+        ray = self._ray()
+        env = {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_task}
+        if env:
+            options["runtime_env"] = {"env_vars": env}
+        task = ray.remote(**options)(train_shard)
+        threads = self.threads or torch.get_num_threads()
+        pending = {}
+        for shard in work:
+            pending[task.remote(config.to_dict(), shard, threads)] = shard
+            for job in shard.jobs:
+                on_event(StageEvent("start", job.key, detail={"samples": len(job.samples)}))
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            pending.pop(done[0])
+            yield from ray.get(done[0])

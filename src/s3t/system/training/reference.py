@@ -1,0 +1,159 @@
+"""From-scratch references: retrain a sequence's stages on the samples its slices hold now,
+in a fresh model instance, through the same canonical computation as the trainer, and
+compare them with what the workspace serves.
+
+On the machine (CPU kernels, thread count) that trained a stage, its reference is
+bit-identical: the same artifact bytes, hence the same artifact id. Elsewhere the tensors
+agree within floating-point tolerance (see README, "Exactness"). Either way a stage that
+was trained on a sample that is no longer there cannot match: its tensors depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from s3t.core.schedule import StageKey
+from s3t.engine.artifacts import decode_stage
+from s3t.engine.blocks import State
+from s3t.engine.loading import Backbone
+from s3t.errors import ArtifactError, InvalidRequestError
+from s3t.system.store.workspace import Workspace
+from s3t.system.training.stage_worker import ShardWork, StageJob, StageWorker
+
+#: stated cross-machine tolerance: |a - b| <= ATOL + RTOL * max|b|, per tensor (measured:
+#: up to 1e-5 relative between code paths that pad differently, AVX-512 vs AVX2 kernels)
+RTOL = 1e-4
+ATOL = 1e-6
+
+
+@dataclass(frozen=True)
+class ReferenceStage:
+    """One stage of a reference: the artifact the workspace holds at that position and the
+    one recomputed from scratch, and how far their tensors are apart."""
+
+    stage: int
+    slices: list[int]
+    samples: int
+    recorded: str | None
+    recomputed: str
+    identical: bool
+    max_abs_diff: float
+    within_tolerance: bool
+
+
+@dataclass
+class ReferenceReport:
+    """A sequence retrained from scratch, stage by stage, next to what is recorded."""
+
+    shard: int
+    seq: int
+    depth: int
+    stages: list[ReferenceStage] = field(default_factory=list)
+    blocks: list[State] = field(default_factory=list, repr=False)
+    head: State | None = field(default=None, repr=False)
+
+    @property
+    def identical(self) -> bool:
+        """Every stage bit-identical to the recorded artifact."""
+        return all(s.identical for s in self.stages)
+
+    @property
+    def within_tolerance(self) -> bool:
+        """Every stage within the stated cross-machine tolerance."""
+        return all(s.within_tolerance for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (without the tensors)."""
+        return {
+            "shard": self.shard,
+            "seq": self.seq,
+            "depth": self.depth,
+            "identical": self.identical,
+            "within_tolerance": self.within_tolerance,
+            "tolerance": {"rtol": RTOL, "atol": ATOL},
+            "stages": [asdict(s) for s in self.stages],
+        }
+
+
+def reference(
+    workspace: Workspace,
+    shard: int,
+    seq: int,
+    depth: int | None = None,
+    backbone: Backbone | None = None,
+) -> ReferenceReport:
+    """Retrain stages 1..``depth`` (default: the sequence's valid depth) of sequence ``seq``
+    of ``shard`` from scratch on the live samples of their slices, and compare each with
+    the artifact the sequence holds at that stage."""
+    registry = workspace.registry()
+    with registry.reading():
+        rows = {r.seq: r for r in registry.sequences(shard)}
+        homes = registry.live_homes(shard)
+    if seq not in rows:
+        raise InvalidRequestError(f"shard {shard} has no sequence {seq}; see `s3t status`")
+    row = rows[seq]
+    depth = row.depth if depth is None else depth
+    if not 0 <= depth <= len(row.perm):
+        raise InvalidRequestError(f"depth must be in 0..{len(row.perm)}, got {depth!r}")
+    report = ReferenceReport(shard, seq, depth)
+    if depth == 0:
+        return report
+    jobs = [
+        StageJob(
+            StageKey(shard, row.perm[:d]),
+            sorted(s for s, (_, sl) in homes.items() if sl in row.perm[:d]),
+        )
+        for d in range(1, depth + 1)
+    ]
+    work = ShardWork(shard, jobs, {}, workspace.examples().subset(sorted(homes)), dict(homes))
+    worker = StageWorker(workspace.config, backbone)
+    for d, trained in enumerate(worker.run(work), start=1):
+        recorded = row.positions[d - 1] if d <= len(row.positions) else None
+        diff = _difference(workspace, recorded, trained.block, trained.head)
+        report.stages.append(
+            ReferenceStage(
+                stage=d,
+                slices=list(row.perm[:d]),
+                samples=len(trained.samples),
+                recorded=recorded,
+                recomputed=trained.artifact,
+                identical=recorded == trained.artifact,
+                max_abs_diff=diff[0],
+                within_tolerance=diff[1],
+            )
+        )
+        report.blocks.append(trained.block)
+        report.head = trained.head
+    return report
+
+
+def _difference(
+    workspace: Workspace, recorded: str | None, block: State, head: State
+) -> tuple[float, bool]:
+    """(largest absolute difference, within tolerance) of recorded vs recomputed tensors."""
+    if recorded is None:
+        return float("inf"), False
+    try:
+        theirs_block, theirs_head, _ = decode_stage(workspace.files.read(recorded))
+    except ArtifactError:
+        return float("inf"), False
+    worst, ok = 0.0, True
+    for mine, theirs in ((block, theirs_block), (head, theirs_head)):
+        if set(mine) != set(theirs):
+            return float("inf"), False
+        for name, tensor in mine.items():
+            other = theirs[name]
+            if tensor.shape != other.shape:
+                return float("inf"), False
+            gap = float((tensor.double() - other.double()).abs().max()) if tensor.numel() else 0.0
+            scale = float(other.double().abs().max()) if other.numel() else 0.0
+            worst = max(worst, gap)
+            ok &= gap <= ATOL + RTOL * scale
+    return worst, ok
+
+
+def stage_tensors(workspace: Workspace, artifact: str) -> tuple[State, State]:
+    """(block, head) tensors of a recorded artifact (sha256-checked)."""
+    block, head, _ = decode_stage(workspace.read_artifact(artifact))
+    return block, head

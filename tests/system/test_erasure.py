@@ -1,0 +1,162 @@
+"""Forgotten means gone: once forget acknowledges (erasure complete), no byte of a forgotten
+sample's text is in any file of the workspace, whatever readers run in this or other
+processes; if a reader pins an older snapshot the receipt says pending, and the erasure
+completes (and is logged) as soon as that reader is done."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from helpers import MARKERS, files_holding, marked_dataset, marker_ids
+from s3t.system.api import S3T
+
+READERS = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+    print("READY", flush=True)
+    deadline = time.time() + float(sys.argv[2])
+    while time.time() < deadline:
+        db.execute("SELECT count(*) FROM sample_data").fetchone()
+        db.execute("SELECT id, payload FROM sample_data ORDER BY id LIMIT 20").fetchall()
+    """
+)
+
+PINNED = textwrap.dedent(
+    """
+    import sqlite3, sys
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("BEGIN")
+    db.execute("SELECT count(*) FROM sample_data").fetchone()  # holds this snapshot
+    print("PINNED", flush=True)
+    sys.stdin.readline()
+    db.execute("COMMIT")
+    """
+)
+
+FORGET = textwrap.dedent(
+    """
+    import json, sys
+    from s3t.system.api import S3T
+    system = S3T.open(sys.argv[1])
+    receipt = system.forget(sys.argv[2:])
+    print(json.dumps({"erasure": receipt.erasure, "request": receipt.request_id}), flush=True)
+    """
+)
+
+
+def _python(script: str, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE if stdin else None,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def test_forgotten_text_is_in_no_file_under_concurrent_readers(marked: Path) -> None:
+    ids = marker_ids(marked_dataset())
+    gone, kept = MARKERS[:8], MARKERS[8:]
+    assert all(files_holding(marked, m) for m in MARKERS)  # the scan sees stored text
+    system = S3T.open(marked)
+    stop = threading.Event()
+
+    def read_in_a_thread() -> None:  # predictions, reports and raw reads all the while
+        while not stop.is_set():
+            system.status()
+            system.samples()
+            system.predict(["good film"])
+
+    threads = [threading.Thread(target=read_in_a_thread) for _ in range(2)]
+    reader = _python(READERS, str(marked / "registry.sqlite"), "60")
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "READY"
+    for t in threads:
+        t.start()
+    try:
+        for marker in gone:  # one request per sample, each acknowledged with erasure done
+            receipt = system.forget([ids[marker]])
+            assert receipt.erasure == "complete"
+            assert files_holding(marked, marker) == [], marker
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        reader.kill()
+        reader.wait()
+    for marker in gone:
+        assert files_holding(marked, marker) == []
+    for marker in kept:  # the scan would have found them: they are still there
+        assert files_holding(marked, marker)
+    assert system.verify().ok
+
+
+def test_a_pinned_reader_makes_the_erasure_pending_then_it_completes_and_is_logged(
+    marked: Path,
+) -> None:
+    ids = marker_ids(marked_dataset())
+    system = S3T.open(marked)
+    pinned = _python(PINNED, str(marked / "registry.sqlite"), stdin=True)
+    assert pinned.stdout is not None and pinned.stdout.readline().strip() == "PINNED"
+    receipt = system.forget([ids[MARKERS[0]]])
+    assert receipt.erasure == "pending"  # said, never a silent leftover
+    assert system.receipt(receipt.request_id).erasure == "pending"
+    assert system.status().erasures_pending == 1
+    report = system.verify()
+    assert report.ok and any("pending" in p for p in report.pending)
+    assert pinned.stdin is not None
+    pinned.stdin.write("\n")
+    pinned.stdin.flush()
+    pinned.wait()
+    deadline = time.time() + 10
+    while system.receipt(receipt.request_id).erasure == "pending" and time.time() < deadline:
+        time.sleep(0.05)  # this process's janitor finishes it in the background
+    assert system.receipt(receipt.request_id).erasure == "complete"
+    assert files_holding(marked, MARKERS[0]) == []
+    done = [e for e in system.audit() if e["event"] == "erasure-completed"]
+    assert done and receipt.request_id in done[-1]["detail"]["requests"]
+    assert done[-1]["at"] > receipt.at
+    system.close()
+
+
+def test_a_pending_erasure_left_by_an_exited_process_completes_on_the_next_open(
+    marked: Path,
+) -> None:
+    ids = marker_ids(marked_dataset())
+    pinned = _python(PINNED, str(marked / "registry.sqlite"), stdin=True)
+    assert pinned.stdout is not None and pinned.stdout.readline().strip() == "PINNED"
+    child = _python(FORGET, str(marked), ids[MARKERS[1]])
+    out, _ = child.communicate(timeout=120)
+    assert '"erasure": "pending"' in out  # the process exits with the erasure pending
+    assert files_holding(marked, MARKERS[1])  # still on disk, and said so
+    assert pinned.stdin is not None
+    pinned.stdin.write("\n")
+    pinned.stdin.flush()
+    pinned.wait()
+    system = S3T.open(marked)  # every process that opens the workspace finishes it
+    assert system.status().erasures_pending == 0
+    assert files_holding(marked, MARKERS[1]) == []
+    assert system.verify().ok
+
+
+def test_no_content_fingerprint_is_kept(marked: Path) -> None:
+    import hashlib
+    import json
+
+    data = marked_dataset()
+    ids = marker_ids(data)
+    row = data.train.ids.index(ids[MARKERS[2]])
+    record = {"text": data.train.text[row], "label": int(data.train.labels[row])}  # type: ignore[index]
+    fingerprints = [
+        hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(),
+        hashlib.sha256(data.train.text[row].encode()).hexdigest(),  # type: ignore[index]
+    ]
+    S3T.open(marked).forget([ids[MARKERS[2]]])
+    for fingerprint in fingerprints:
+        assert files_holding(marked, fingerprint) == []
