@@ -1,10 +1,11 @@
-"""The architecture as a test: each layer imports only downward, and the parts that must
-stay light (pure core, data, settings, registry-level system modules) never import torch
-at module level."""
+"""The architecture as a test: each layer imports only downward, the rooms of the system
+layer keep to their concerns, only the store speaks SQL, and the parts that must stay
+light never import torch at module level."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).parents[1] / "src" / "s3t"
@@ -16,7 +17,7 @@ ALLOWED = {
     "engine": {"engine", "core", "data", "errors"},
     "system": {"system", "engine", "core", "data", "errors"},
     "experiments": {"experiments", "system", "engine", "core", "data", "report", "errors"},
-    "service": {"service", "system", "engine", "core", "data", "errors"},
+    "service": {"service", "system", "core", "data", "errors"},
     "cli": {
         "cli",
         "service",
@@ -29,17 +30,37 @@ ALLOWED = {
         "errors",
     },
 }
+#: rooms of the system layer: which other rooms (or system-level modules) each may import
+ROOMS = {
+    "store": {"store", "config"},
+    "training": {"training", "store", "config"},
+    "serving": {"serving", "store", "config"},
+}
+#: the faces reach the system only through the facade and its typed results
+FACADE = {
+    "s3t.system.api",
+    "s3t.system.config",
+    "s3t.system.forget",
+    "s3t.system.reports",
+    "s3t.system.verify",
+    "s3t.system.training.background",
+    "s3t.system.training.distributed",
+    "s3t.system.serving.scoring",
+    "s3t.system.serving.membership",
+    "s3t.system.serving.server",
+}
 NO_TORCH = [
     "core/*.py",
     "data/*.py",
     "engine/settings.py",
     "engine/artifacts.py",
     "system/config.py",
-    "system/registry.py",
-    "system/workspace.py",
+    "system/store/*.py",
     "system/forget.py",
     "system/verify.py",
-    "system/background.py",
+    "system/reports.py",
+    "system/maintenance.py",
+    "system/training/background.py",
     "system/api.py",
     "cli/*.py",
     "errors.py",
@@ -49,15 +70,15 @@ NO_TORCH = [
 
 def _imports(path: Path, top_level_only: bool) -> set[str]:
     tree = ast.parse(path.read_text())
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
     names: set[str] = set()
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
     for node in nodes:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue  # annotations only: nothing is imported at run time
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
-        elif isinstance(node, ast.If):  # `if TYPE_CHECKING:` blocks do not import at run time
-            continue
     return names
 
 
@@ -66,27 +87,62 @@ def test_each_layer_imports_only_downward() -> None:
     for layer, allowed in ALLOWED.items():
         for path in (SRC / layer).rglob("*.py"):
             for name in _imports(path, top_level_only=False):
-                if name.startswith("s3t."):
-                    target = name.split(".")[1]
+                if name.startswith("s3t.") and name.split(".")[1] not in allowed:
+                    problems.append(f"{path.relative_to(SRC)} imports {name}")
+    assert not problems, problems
+
+
+def test_each_room_of_the_system_keeps_to_its_concern() -> None:
+    problems = []
+    for room, allowed in ROOMS.items():
+        for path in (SRC / "system" / room).rglob("*.py"):
+            for name in _imports(path, top_level_only=False):
+                if name.startswith("s3t.system."):
+                    target = name.split(".")[2]
                     if target not in allowed:
                         problems.append(f"{path.relative_to(SRC)} imports {name}")
     assert not problems, problems
 
 
+def test_only_the_store_executes_sql() -> None:
+    problems = []
+    for path in SRC.rglob("*.py"):
+        if path.is_relative_to(SRC / "system" / "store"):
+            continue
+        text = path.read_text()
+        if re.search(r"\.execute(many)?\(|\bimport sqlite3\b", text):
+            problems.append(str(path.relative_to(SRC)))
+    assert not problems, problems
+
+
+def test_the_faces_use_only_the_facade() -> None:
+    problems = []
+    for face in ("cli", "service", "experiments"):
+        for path in (SRC / face).rglob("*.py"):
+            text = path.read_text()
+            if re.search(r"\.workspace\.|\.server\.|\.registry\(\)|\._ws\b|\._serving\b", text):
+                problems.append(f"{path.relative_to(SRC)} reaches past the facade")
+            for name in _imports(path, top_level_only=False):
+                if name.startswith("s3t.system.") and name not in FACADE:
+                    problems.append(f"{path.relative_to(SRC)} imports {name}")
+    assert not problems, problems
+
+
 def test_light_modules_do_not_import_torch_at_module_level() -> None:
     heavy = {"torch", "transformers", "peft"}
+    heavy_modules = (
+        "s3t.engine.blocks",
+        "s3t.engine.loading",
+        "s3t.engine.train",
+        "s3t.system.serving",
+        "s3t.system.training.trainer",
+        "s3t.system.training.stage_worker",
+        "s3t.system.training.reference",
+    )
     problems = []
     for pattern in NO_TORCH:
         for path in SRC.glob(pattern):
             for name in _imports(path, top_level_only=True):
-                if name.split(".")[0] in heavy or name.startswith(
-                    (
-                        "s3t.engine.blocks",
-                        "s3t.engine.loading",
-                        "s3t.engine.train",
-                        "s3t.system.serving.server",
-                        "s3t.system.training.trainer",
-                    )
-                ):
+                if name.split(".")[0] in heavy or name.startswith(heavy_modules):
                     problems.append(f"{path.relative_to(SRC)} imports {name}")
     assert not problems, problems

@@ -207,3 +207,78 @@ def test_clear_errors_before_any_training(tmp_path: Path, tiny_bert: Path) -> No
     assert not ws.exists()
     unknown = run_main("forget", "-w", str(tmp_path / "nowhere"), "x")
     assert unknown.returncode == 2 and "no s3t workspace" in unknown.stderr
+
+
+def main_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the console entry point in this process: (exit status, stdout, stderr)."""
+    from s3t.cli.main import main
+
+    old = sys.argv
+    sys.argv = ["s3t", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["samples", "--shard", "9223372036854775808"], "shard must be in 0..1"),
+        (["audit", "--since", "9223372036854775808"], "since must be an integer"),
+        (["forget", "\udcff-bad"], "unpaired surrogate"),
+        (["forget", "--file", "{latin1}"], "is not UTF-8 text"),
+        (["export", "--shard", "0", "--out", "{a_file}"], "is a file"),
+        (["receipt", "no-such-request"], "no deletion request"),
+        (["reference", "--shard", "7"], "shard must be in 0..1"),
+    ],
+)
+def test_bad_input_is_one_line_naming_it_and_changes_nothing(
+    trained_ws: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    latin1 = tmp_path / "ids.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep")
+    args = [a.format(latin1=latin1, a_file=a_file) for a in args]
+    before = json.loads(run("status", "-w", str(trained_ws), "--json"))
+    code, _, err = main_in_process(capsys, *args, "-w", str(trained_ws))
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one line
+    assert json.loads(run("status", "-w", str(trained_ws), "--json")) == before
+    assert a_file.read_text() == "keep"
+
+
+def test_receipts_prove_a_deletion_and_reference_recomputes(
+    trained_ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+    import sqlite3
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained_ws, ws)
+    victim = json.loads(run("samples", "-w", str(ws), "--json"))[0]["id"]
+    receipt = json.loads(run("forget", "-w", str(ws), victim, "--json"))
+    assert receipt["erasure"] == "complete" and len(receipt["chain_head"]) == 64
+    shown = json.loads(run("receipt", receipt["request_id"], "-w", str(ws), "--json"))
+    assert shown["chain_head"] == receipt["chain_head"] and shown["deleted"] == [victim]
+    kept = tmp_path / "receipt.json"
+    kept.write_text(json.dumps(receipt))
+    assert json.loads(run("verify", "-w", str(ws), "--receipt", str(kept), "--json"))["ok"]
+    reference = json.loads(run("reference", "-w", str(ws), "--shard", "1", "--json"))
+    assert reference["identical"] and len(reference["stages"]) == reference["depth"]
+    db = sqlite3.connect(ws / "registry.sqlite")
+    with db:
+        db.execute("UPDATE samples SET deleted_at=NULL WHERE id=?", (victim,))
+    db.close()
+    code, out, _ = main_in_process(capsys, "verify", "-w", str(ws), "--receipt", str(kept))
+    assert code == 1 and "un-forgotten" in out

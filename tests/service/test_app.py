@@ -232,3 +232,17 @@ def test_image_inputs_become_pixel_arrays() -> None:
         image_array([])
     with pytest.raises(DataError):
         image_array([[[1, 2], [3]]])
+
+
+def test_a_deletion_is_proved_by_its_receipt_and_bad_numbers_are_422(client: TestClient) -> None:
+    victim = _sample_in(client, 0, 0)
+    receipt = client.post("/forget", json={"ids": [victim]}).json()
+    proof = client.get(f"/deletions/{receipt['request_id']}/verify")
+    assert proof.status_code == 200 and proof.json()["ok"]
+    forged = client.get(
+        f"/deletions/{receipt['request_id']}/verify", params={"chain_head": "0" * 64}
+    )
+    assert forged.status_code == 409 and forged.json()["violations"][0]["check"] == "receipt"
+    for path, params in (("/audit", {"since": 2**63}), ("/samples", {"shard": 2**63})):
+        bad = client.get(path, params=params)
+        assert bad.status_code == 422 and "error" in bad.json(), bad.text

@@ -23,6 +23,8 @@ from s3t.system.training.reference import ATOL, RTOL
 
 PROBE = ["good film", "awful boring plot", "the actor was superb", "dull"]
 
+pytestmark = pytest.mark.exactness
+
 
 @pytest.fixture(scope="module")
 def config(tiny_bert) -> S3TConfig:  # type: ignore[no-untyped-def]

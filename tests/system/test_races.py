@@ -84,6 +84,7 @@ def test_ray_jobs_report_the_chain_they_trained_on_and_stale_chains_are_discarde
     assert fresh.status == "trained" and system.verify().ok
 
 
+@pytest.mark.exactness
 def test_a_warm_trainer_recomputes_a_slice_that_lost_a_sample(trained: Path) -> None:
     system = S3T.open(trained)
     perm = system.sequences(0)[0].perm

@@ -12,6 +12,8 @@ from s3t.system.config import S3TConfig
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.exactness
+
 
 @pytest.fixture(scope="module")
 def executor():  # type: ignore[no-untyped-def]

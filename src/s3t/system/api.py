@@ -31,7 +31,6 @@ from s3t.system.reports import (
     ExportInfo,
     Generation,
     Health,
-    ModelInfo,
     SampleInfo,
     SequenceInfo,
     StageInfo,
@@ -47,7 +46,7 @@ from s3t.system.verify import VerifyReport, verify, verify_receipt
 if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
     from s3t.system.serving.membership import MembershipReport
     from s3t.system.serving.scoring import Evaluator
-    from s3t.system.serving.server import Prediction, Server
+    from s3t.system.serving.server import ModelInfo, Prediction, Server
     from s3t.system.training.reference import ReferenceReport
     from s3t.system.training.trainer import EventCallback, Executor, StageOutcome, Trainer
 

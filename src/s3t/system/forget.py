@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
 
 from s3t.core.partition import sample_id
@@ -62,9 +63,14 @@ class Receipt:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Receipt:
-        """Rebuild a receipt from :meth:`to_dict` output (e.g. a file a user kept)."""
+        """Rebuild a receipt from :meth:`to_dict` output (e.g. a file a user kept; keys
+        that are not receipt fields, such as the CLI's timing, are ignored)."""
+        missing = [k for k in ("request_id", "deleted", "chain_seq", "chain_head") if k not in data]
+        if missing:
+            raise InvalidRequestError(f"not an s3t deletion receipt: it lacks {missing}")
         try:
-            fields = dict(data)
+            known = {f.name for f in dataclass_fields(cls)}
+            fields = {k: v for k, v in data.items() if k in known}
             fields["truncated"] = [Truncation(**t) for t in fields.get("truncated", [])]
             for key in ("served_depth_before", "served_depth_after"):
                 fields[key] = {int(k): int(v) for k, v in fields.get(key, {}).items()}

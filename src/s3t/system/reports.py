@@ -132,18 +132,6 @@ class Generation(_Json):
     served: list[list[Served]]
 
 
-@dataclass(frozen=True)
-class ModelInfo(_Json):
-    """The backbone a workspace fine-tunes."""
-
-    name_or_path: str
-    family: str
-    layers: int
-    parameters: int
-    parameter_bytes: int
-    positions: int
-
-
 def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
     """Per-shard depths, live shards, deletions so far and the expected number of further
     deletions (uniform over live samples, no retraining) before service failure."""

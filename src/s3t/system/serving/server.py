@@ -25,7 +25,6 @@ from s3t.engine.blocks import BlockModel, State
 from s3t.engine.features import FeatureStore, plan_batches
 from s3t.engine.loading import load_backbone
 from s3t.errors import ArtifactError, InvalidRequestError, ServiceUnavailableError
-from s3t.system.reports import ModelInfo
 from s3t.system.store.workspace import Workspace
 
 AGGREGATIONS = ("mean-logits", "mean-probs", "vote")
@@ -50,6 +49,22 @@ class Prediction:
             "aggregate": self.aggregate,
             "served": [asdict(s) for s in self.served],
         }
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The backbone a workspace fine-tunes."""
+
+    name_or_path: str
+    family: str
+    layers: int
+    parameters: int
+    parameter_bytes: int
+    positions: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
 
 
 class Server:

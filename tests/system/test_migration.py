@@ -1,0 +1,64 @@
+"""A workspace written by schema version 1 (which kept an unsalted content hash of every
+sample, and an audit log without a hash chain) is upgraded in place on first open: the
+fingerprints are gone, the log is chained, and it verifies."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from s3t.system.api import S3T
+from s3t.system.store.schema import SCHEMA_VERSION
+
+
+def _downgrade_to_version_1(root: Path) -> None:
+    db = sqlite3.connect(root / "registry.sqlite", isolation_level=None)
+    db.executescript(
+        """
+        BEGIN;
+        CREATE TABLE samples1 (id TEXT PRIMARY KEY, shard INTEGER NOT NULL, slice INTEGER NOT NULL,
+            content_sha256 TEXT NOT NULL, deleted_at REAL, request_id TEXT) WITHOUT ROWID;
+        INSERT INTO samples1 SELECT id, shard, slice, 'fp-' || id, deleted_at, request_id FROM samples;
+        DROP TABLE samples;
+        ALTER TABLE samples1 RENAME TO samples;
+        CREATE INDEX samples_by_slice ON samples (shard, slice);
+        ALTER TABLE artifacts ADD COLUMN path TEXT NOT NULL DEFAULT '';
+        ALTER TABLE artifacts DROP COLUMN n_train;
+        ALTER TABLE artifacts DROP COLUMN purged_by;
+        ALTER TABLE artifacts DROP COLUMN quarantined;
+        ALTER TABLE artifacts DROP COLUMN quarantine_reason;
+        ALTER TABLE deletions DROP COLUMN chain_seq;
+        DROP TABLE erasures;
+        DROP TRIGGER audit_append_only_update;
+        DROP TRIGGER audit_append_only_delete;
+        ALTER TABLE audit DROP COLUMN hash;
+        CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        UPDATE meta SET value='1' WHERE key='schema_version';
+        COMMIT;
+        """
+    )
+    db.close()
+
+
+def test_a_version_1_workspace_is_upgraded_on_open(trained: Path) -> None:
+    system = S3T.open(trained)
+    victim = system.samples(0)[0].id
+    system.forget([victim])
+    system.close()
+    _downgrade_to_version_1(trained)
+    mark = b"fp-" + victim.encode()
+    assert any(mark in p.read_bytes() for p in trained.glob("registry.sqlite*"))
+
+    upgraded = S3T.open(trained)
+    report = upgraded.verify()
+    assert report.ok, report.violations
+    assert report.checked["audit_events"] == len(upgraded.audit())
+    assert upgraded.audit()[-1]["event"] == "migrated"
+    assert upgraded.audit()[-1]["detail"] == {"from": 1, "to": SCHEMA_VERSION}
+    for path in trained.glob("registry.sqlite*"):
+        assert b"fp-" not in path.read_bytes()  # no content fingerprint survives
+    upgraded.forget([upgraded.samples(1)[0].id])
+    assert upgraded.verify().ok
