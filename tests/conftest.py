@@ -9,12 +9,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import marked_dataset, toy_dataset
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings

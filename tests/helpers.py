@@ -94,7 +94,7 @@ def scratch_stages(
         config.layout.shards,
         config.layout.slices,
         seed=config.layout.seed,
-        labels=list(train.labels) if config.layout.stratify else None,
+        labels=train.labels if config.layout.stratify else None,
     )
     backbone = load_backbone(config.model, seed=config.layout.seed)
     engine = BlockModel(backbone, config.lora, config.layout.slices)

@@ -11,13 +11,22 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src" / "s3t"
 
 ALLOWED = {
-    "core": {"core", "errors"},
-    "data": {"data", "errors"},
-    "report": {"report", "errors"},
-    "engine": {"engine", "core", "data", "errors"},
-    "system": {"system", "engine", "core", "data", "errors"},
-    "experiments": {"experiments", "system", "engine", "core", "data", "report", "errors"},
-    "service": {"service", "system", "core", "data", "errors"},
+    "core": {"core", "errors", "extras"},
+    "data": {"data", "errors", "extras"},
+    "report": {"report", "errors", "extras"},
+    "engine": {"engine", "core", "data", "errors", "extras"},
+    "system": {"system", "engine", "core", "data", "errors", "extras"},
+    "experiments": {
+        "experiments",
+        "system",
+        "engine",
+        "core",
+        "data",
+        "report",
+        "errors",
+        "extras",
+    },
+    "service": {"service", "system", "core", "data", "errors", "extras"},
     "cli": {
         "cli",
         "service",
@@ -28,6 +37,7 @@ ALLOWED = {
         "data",
         "report",
         "errors",
+        "extras",
     },
 }
 #: rooms of the system layer: which other rooms (or system-level modules) each may import
@@ -146,3 +156,26 @@ def test_light_modules_do_not_import_torch_at_module_level() -> None:
                 if name.split(".")[0] in heavy or name.startswith(heavy_modules):
                     problems.append(f"{path.relative_to(SRC)} imports {name}")
     assert not problems, problems
+
+
+def test_no_import_cycles_between_modules() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        module = "s3t." + ".".join(path.relative_to(SRC).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        graph[module] = {n for n in _imports(path, top_level_only=False) if n.startswith("s3t.")}
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start and len(trail) > 1:
+                    cycles.append(" -> ".join([*trail, nxt]))
+                elif nxt not in seen and nxt in graph:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    packages = {m for m in graph if any(k.startswith(m + ".") for k in graph)}
+    real = [c for c in cycles if not any(p in c.split(" -> ") for p in packages)]
+    assert not real, real[:5]

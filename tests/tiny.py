@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,6 +86,7 @@ def save_tiny_text_model(
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
+    model: Any
     if kind == "roberta":
         model = RobertaForSequenceClassification(RobertaConfig(**common, type_vocab_size=1))
     else:
@@ -98,7 +100,7 @@ def save_tiny_vit(path: Path, layers: int = 3, num_labels: int = 10, image_size:
     """Save a tiny random ViT image classifier for single-channel images."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    config = ViTConfig(
+    config = ViTConfig(  # type: ignore[call-arg]
         image_size=image_size,
         patch_size=4 if image_size % 4 == 0 else 2,
         num_channels=1,
@@ -119,6 +121,7 @@ def save_tiny_causal_lm(path: Path, kind: str = "llama", layers: int = 3) -> Pat
 
     tokenizer = word_tokenizer()
     torch.manual_seed(0)
+    model: Any
     if kind == "gpt2":
         model = GPT2LMHeadModel(
             GPT2Config(

@@ -16,6 +16,7 @@ these classes to status codes in a single table (``s3t.service.app.ERROR_STATUS`
     ├── WorkspaceError (RuntimeError)       a missing, locked or corrupted workspace
     │   ├── SchemaVersionError              a workspace written by another schema version
     │   └── ArtifactError                   an artifact file missing or not matching its record
+    ├── MissingExtraError (ImportError)     an optional part whose extra is not installed
     ├── ServiceUnavailableError (RuntimeError)  every shard has lost every model
     └── RetrainConflictError (RuntimeError) a retrain whose data saw a sample deleted meanwhile
 """
@@ -86,6 +87,10 @@ class SchemaVersionError(WorkspaceError):
 
 class ArtifactError(WorkspaceError):
     """An artifact file that is missing or does not match its recorded sha256."""
+
+
+class MissingExtraError(S3TError, ImportError):
+    """An optional part of s3t whose extra is not installed (the message names it)."""
 
 
 class ServiceUnavailableError(S3TError, RuntimeError):

@@ -26,6 +26,7 @@ def test_closed_form_matches_the_paper_figures() -> None:
 def test_simulated_delta_is_within_three_percent_of_theory(budget: int) -> None:
     result = simulate(5, cyclic(6, budget), trials=5000, seed=budget)
     assert result.theory == pytest.approx(theoretical_delta(5, 6, budget))
+    assert result.theory is not None
     assert abs(result.mean - result.theory) / result.theory < 0.03
     assert abs(result.mean - result.theory) < 4 * result.ci95
 
@@ -33,6 +34,7 @@ def test_simulated_delta_is_within_three_percent_of_theory(budget: int) -> None:
 def test_retrain_on_any_hit_sisa() -> None:
     result = simulate(5, cyclic(4, 1), trials=5000, mode="sisa-retrain", seed=3)
     assert result.theory == pytest.approx(11.4167, abs=1e-3)
+    assert result.theory is not None
     assert abs(result.mean - result.theory) / result.theory < 0.03
 
 

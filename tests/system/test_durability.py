@@ -13,6 +13,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import registry_of, workspace_of
 from s3t.core.schedule import StageKey
 from s3t.system.api import S3T
@@ -71,6 +73,7 @@ def _check_consistent(root: Path, acknowledged: set[str]) -> None:
     assert not stored & deleted  # content erased with the deletion, never half
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_of_forget_loses_no_acknowledged_deletion(trained: Path) -> None:
     rng = random.Random(7)
     ids = [s.id for s in S3T.open(trained).samples()]
@@ -92,6 +95,7 @@ def test_sigkill_at_random_points_of_forget_loses_no_acknowledged_deletion(train
     assert acknowledged  # and some deletions were acknowledged before dying
 
 
+@pytest.mark.slow
 def test_sigkill_during_retrain_swaps_keeps_every_acknowledged_deletion(trained: Path) -> None:
     rng = random.Random(3)
     system = S3T.open(trained)

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import MARKERS, files_holding, marked_dataset, marker_ids
 from s3t.system.api import S3T
 
@@ -97,6 +99,7 @@ def test_forgotten_text_is_in_no_file_under_concurrent_readers(marked: Path) -> 
     assert system.verify().ok
 
 
+@pytest.mark.slow
 def test_a_pinned_reader_makes_the_erasure_pending_then_it_completes_and_is_logged(
     marked: Path,
 ) -> None:
@@ -125,6 +128,7 @@ def test_a_pinned_reader_makes_the_erasure_pending_then_it_completes_and_is_logg
     system.close()
 
 
+@pytest.mark.slow
 def test_a_pending_erasure_left_by_an_exited_process_completes_on_the_next_open(
     marked: Path,
 ) -> None:
@@ -152,10 +156,10 @@ def test_no_content_fingerprint_is_kept(marked: Path) -> None:
     data = marked_dataset()
     ids = marker_ids(data)
     row = data.train.ids.index(ids[MARKERS[2]])
-    record = {"text": data.train.text[row], "label": int(data.train.labels[row])}  # type: ignore[index]
+    record = {"text": data.train.text[row], "label": int(data.train.labels[row])}
     fingerprints = [
         hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(),
-        hashlib.sha256(data.train.text[row].encode()).hexdigest(),  # type: ignore[index]
+        hashlib.sha256(data.train.text[row].encode()).hexdigest(),
     ]
     S3T.open(marked).forget([ids[MARKERS[2]]])
     for fingerprint in fingerprints:

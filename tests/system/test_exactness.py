@@ -8,6 +8,7 @@ ATEN_CPU_CAPABILITY=avx2 and =default."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,8 +70,8 @@ def test_served_logits_equal_the_reference_models(fitted: S3T, config: S3TConfig
 
 
 def test_forget_serves_the_retained_prefix_and_retrain_equals_the_reference(
-    tmp_path, config
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, config: S3TConfig
+) -> None:
     system = S3T.fit(tmp_path / "ws", toy_dataset(), config)
     rows = system.sequences(0)
     # a sample in the middle slice of sequence 0: seq 0 keeps depth 1, seq 1 keeps more

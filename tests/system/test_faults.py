@@ -96,6 +96,7 @@ FULL_DISK = textwrap.dedent(
 
 
 @pytest.mark.parametrize("action", ["forget", "retrain"])
+@pytest.mark.slow
 def test_a_full_disk_is_a_clear_error_that_changes_nothing(trained: Path, action: str) -> None:
     system = S3T.open(trained)
     victim = system.samples(0)[0].id
@@ -136,6 +137,7 @@ READ_ONLY = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_read_only_workspace_serves_status_verify_and_predict(
     trained: Path, tmp_path: Path
 ) -> None:

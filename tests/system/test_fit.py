@@ -68,7 +68,7 @@ def test_shared_prefixes_are_trained_once(tmp_path: Path, toy_config: S3TConfig)
         tmp_path / "ws",
         toy_dataset(60, 6),
         config,
-        on_event=lambda e: e.kind == "start" and starts.append(e.key.prefix),
+        on_event=lambda e: starts.append(e.key.prefix) if e.kind == "start" else None,
     )
     rows = registry_of(system).sequences(0)
     assert [r.perm for r in rows] == [(0, 1, 2), (2, 0, 1), (1, 2, 0), (0, 2, 1)]

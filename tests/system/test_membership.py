@@ -4,6 +4,7 @@ samples on the served model, while retained training samples are still recognisa
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from s3t.data.examples import Dataset, Examples
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
@@ -19,6 +20,7 @@ def test_attack_auc() -> None:
     assert attack_auc(np.array([0.3, 0.3]), np.array([0.3, 0.3])) == 0.5
 
 
+@pytest.mark.slow
 def test_deleted_samples_score_like_unseen_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = save_tiny_text_model(tmp_path / "m", layers=4)
     texts, _ = sentiment_texts(360, seed=3)
@@ -32,7 +34,7 @@ def test_deleted_samples_score_like_unseen_ones(tmp_path) -> None:  # type: igno
         model=ModelSpec(str(model), num_labels=2),
         layout=LayoutSettings(shards=1, slices=2, budget=1, stratify=False),
         lora=LoraSettings(rank=8),
-        train=TrainSettings(lr=2e-2, epochs=25, batch_size=10),
+        train=TrainSettings(lr=2e-2, epochs=25, batch_size=10, validation_fraction=0.0),
     )
     system = S3T.fit(tmp_path / "ws", Dataset("random-labels", train), config)
     perm = system.sequences(0)[0].perm

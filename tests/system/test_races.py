@@ -5,6 +5,7 @@ deletion changed."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
 from s3t.system.serving.server import Server
 from s3t.system.training.distributed import train_shard
-from s3t.system.training.stage_worker import ShardWork, StageJob
+from s3t.system.training.stage_worker import ShardWork, StageJob, TrainedStage
 from s3t.system.training.trainer import Trainer
 
 
@@ -98,7 +99,5 @@ def test_a_warm_trainer_recomputes_a_slice_that_lost_a_sample(trained: Path) -> 
         assert system.reference(0, row.seq).identical
 
 
-def _with_parents(stage, parents):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
+def _with_parents(stage: TrainedStage, parents: tuple[str, ...]) -> TrainedStage:
     return replace(stage, parents=parents)

@@ -9,10 +9,11 @@ import pytest
 from helpers import assert_same_state, registry_of, tensors_of, toy_dataset
 from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
+from s3t.system.training.distributed import RayExecutor
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.exactness
+pytestmark = [pytest.mark.exactness, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def executor():  # type: ignore[no-untyped-def]
 
 
 def test_ray_training_equals_local_training(
-    tmp_path: Path, trained_template: Path, toy_config: S3TConfig, executor
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, trained_template: Path, toy_config: S3TConfig, executor: RayExecutor
+) -> None:
     system = S3T.fit(tmp_path / "ray", toy_dataset(), toy_config, executor=executor)
     local = S3T.open(trained_template)
     ours = registry_of(system).sequences()
@@ -39,8 +40,8 @@ def test_ray_training_equals_local_training(
 
 
 def test_ray_retraining_after_deletions(
-    tmp_path: Path, trained_template: Path, toy_config: S3TConfig, executor
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, trained_template: Path, toy_config: S3TConfig, executor: RayExecutor
+) -> None:
     import shutil
 
     shutil.copytree(trained_template, tmp_path / "ws")

@@ -27,14 +27,26 @@ def _settings(**values: Any) -> Any:
     return ExperimentSettings(**{k: v for k, v in values.items() if v is not None})
 
 
-MODEL = typer.Option(None, help="Model (default builtin:minilm).")
-DATA = typer.Option(None, help="Data source (default builtin:rotten_tomatoes).")
-LIMIT = typer.Option(None, help="Training samples (seeded sample).")
-EPOCHS = typer.Option(None, help="Epochs per stage.")
-LR = typer.Option(None, help="S3T stage learning rate (default 2e-3).")
-BASELINE_LR = typer.Option(None, help="Ordinary LoRA's learning rate (default 1e-3).")
-SHARDS = typer.Option(None, "--shards", "-m", help="Shards m.")
-SLICES = typer.Option(None, "--slices", "-L", help="Slices L.")
+def _help(name: str, default: object | None = None) -> str:
+    """An experiment setting's help, derived from its one description."""
+    from s3t.engine.settings import description, help_of
+    from s3t.experiments.common import ExperimentSettings
+
+    if default is None:
+        return help_of(ExperimentSettings, name)
+    return f"{description(ExperimentSettings, name)} (default: {default})"
+
+
+MODEL = typer.Option(None, help=_help("model"))
+DATA = typer.Option(None, help=_help("data"))
+LIMIT = typer.Option(None, help=_help("limit"))
+EPOCHS = typer.Option(None, help=_help("epochs"))
+LR = typer.Option(None, help=_help("lr"))
+BASELINE_LR = typer.Option(None, help=_help("baseline_lr"))
+SHARDS = typer.Option(None, "--shards", "-m", help=_help("shards"))
+SLICES = typer.Option(None, "--slices", "-L", help=_help("slices"))
+#: what the demo uses where it differs from the experiments' defaults
+DEMO = {"limit": 2000, "deletions": 12, "deletion_batch": 3}
 
 
 def demo(
@@ -43,27 +55,32 @@ def demo(
     ),
     model: str | None = MODEL,
     data: str | None = DATA,
-    limit: int | None = typer.Option(None, help="Training samples (default 2000)."),
+    limit: int | None = typer.Option(None, help=_help("limit", DEMO["limit"])),
     epochs: int | None = EPOCHS,
     shards: int | None = SHARDS,
     slices: int | None = SLICES,
-    deletions: int | None = typer.Option(None, help="Deletion requests to replay (default 12)."),
-    deletion_batch: int | None = typer.Option(None, help="Requests per batch (default 3)."),
+    deletions: int | None = typer.Option(None, help=_help("deletions", DEMO["deletions"])),
+    deletion_batch: int | None = typer.Option(
+        None, help=_help("deletion_batch", DEMO["deletion_batch"])
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON at the end."),
 ) -> None:
     """Train S3T on real data with a real model, delete, heal, verify, and write a report."""
+    from s3t.extras import require
+
+    require("matplotlib", "experiments", "`s3t demo`")
     from s3t.cli.train import stage_progress
     from s3t.experiments.demo import run_demo
 
     settings = _settings(
         model=model,
         data=data,
-        limit=limit or 2000,
+        limit=limit or DEMO["limit"],
         epochs=epochs,
         shards=shards,
         slices=slices,
-        deletions=deletions or 12,
-        deletion_batch=deletion_batch or 3,
+        deletions=deletions or DEMO["deletions"],
+        deletion_batch=deletion_batch or DEMO["deletion_batch"],
     )
     with progress_bar(enabled=not as_json) as update:
         results = run_demo(settings, workspace, say=_say(as_json), on_event=stage_progress(update))
@@ -80,17 +97,20 @@ def experiment(
     epochs: int | None = EPOCHS,
     lr: float | None = LR,
     baseline_lr: float | None = BASELINE_LR,
-    batch_size: int | None = typer.Option(None, help="Batch size (default 16)."),
-    rank: int | None = typer.Option(None, help="LoRA rank."),
+    batch_size: int | None = typer.Option(None, help=_help("batch_size")),
+    rank: int | None = typer.Option(None, help=_help("rank")),
     shards: int | None = SHARDS,
     slices: int | None = SLICES,
-    deletions: int | None = typer.Option(None, help="Deletions to replay (rq2)."),
+    deletions: int | None = typer.Option(None, help=_help("deletions")),
     streams: int = typer.Option(100, help="Deletion streams replayed to measure δ (rq2)."),
     trials: int = typer.Option(2000, help="Monte Carlo trials (rq3)."),
-    seed: int | None = typer.Option(None, help="Seed."),
+    seed: int | None = typer.Option(None, help=_help("seed")),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Run one of the paper's experiments; writes results.json and PNG plots."""
+    from s3t.extras import require
+
+    require("matplotlib", "experiments", "`s3t experiment`")
     folder = out or Path("runs") / name.value
     say = _say(as_json)
     settings = _settings(

@@ -8,6 +8,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from s3t.cli import experiments, serve, simulation, system, train
 from s3t.cli.output import err_console
@@ -48,7 +49,9 @@ def main() -> None:
     try:
         app()
     except S3TError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
 
 

@@ -43,8 +43,10 @@ def serve(
 ) -> None:
     """Serve a workspace over HTTP: predict, forget, status, verify, retrain (docs at /docs)."""
     policy = retrain_policy(retrain)
-    import uvicorn
+    from s3t.extras import require
 
+    uvicorn = require("uvicorn", "serve", "`s3t serve`")
+    require("fastapi", "serve", "`s3t serve`")
     from s3t.service import app_for_workspace
 
     uvicorn.run(app_for_workspace(workspace, policy), host=host, port=port)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from s3t.cli.output import console, print_json, progress_bar, table
 from s3t.errors import InvalidRequestError
@@ -206,9 +207,9 @@ def verify(
         for key, value in report.checked.items():
             console.print(f"checked {key.replace('_', ' ')}: {value}")
         for v in report.violations:
-            console.print(f"[red]VIOLATION[/] {v.check}: {v.detail}", highlight=False)
+            console.print(f"[red]VIOLATION[/] {v.check}: {escape(v.detail)}", highlight=False)
         for note in report.pending:
-            console.print(f"[yellow]pending[/] {note}", highlight=False)
+            console.print(f"[yellow]pending[/] {escape(note)}", highlight=False)
         console.print(f"audit chain head #{report.chain_seq}: {report.chain_head}")
         console.print(
             "[green]verified: no violations[/]"

@@ -8,6 +8,8 @@ from typing import Any
 import typer
 
 from s3t.cli.output import console, print_json, progress_bar
+from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings, help_of
+from s3t.system.config import LayoutSettings
 
 DATA_HELP = (
     "CSV/JSONL/parquet file, a folder saved by `datasets`, or builtin:rotten_tomatoes, "
@@ -19,29 +21,37 @@ def train(
     workspace: Path = typer.Option(
         ..., "--workspace", "-w", help="Workspace folder (created, or resumed)."
     ),
-    model: str | None = typer.Option(None, help="Hub id, local folder or builtin:minilm."),
+    model: str | None = typer.Option(None, help=help_of(ModelSpec, "name_or_path")),
     data: str = typer.Option(..., help=DATA_HELP),
-    shards: int | None = typer.Option(None, "--shards", "-m", help="Number of shards m."),
-    slices: int | None = typer.Option(None, "--slices", "-L", help="Slices per shard L."),
-    budget: int | None = typer.Option(None, "--budget", "-B", help="Sequences per shard B."),
-    method: str | None = typer.Option(None, help="Sequence selection: cyclic, bms, random, full."),
-    epochs: int | None = typer.Option(None, help="Epochs per stage."),
-    lr: float | None = typer.Option(None, help="Learning rate (AdamW)."),
-    batch_size: int | None = typer.Option(None, help="Training batch size."),
-    rank: int | None = typer.Option(None, help="LoRA rank r."),
-    alpha: float | None = typer.Option(None, help="LoRA alpha (default 2r; r for ViT)."),
-    layers_per_slice: int | None = typer.Option(None, help="Layers per block ℓ (default N // L)."),
-    targets: str | None = typer.Option(None, help="LoRA target modules, comma-separated."),
-    max_length: int | None = typer.Option(None, help="Token truncation length."),
-    num_labels: int | None = typer.Option(
-        None, help="Model outputs (default: classes in the data; 1 = regression)."
+    shards: int | None = typer.Option(
+        None, "--shards", "-m", help=help_of(LayoutSettings, "shards")
     ),
+    slices: int | None = typer.Option(
+        None, "--slices", "-L", help=help_of(LayoutSettings, "slices")
+    ),
+    budget: int | None = typer.Option(
+        None, "--budget", "-B", help=help_of(LayoutSettings, "budget")
+    ),
+    method: str | None = typer.Option(None, help=help_of(LayoutSettings, "method")),
+    epochs: int | None = typer.Option(None, help=help_of(TrainSettings, "epochs")),
+    lr: float | None = typer.Option(None, help=help_of(TrainSettings, "lr")),
+    batch_size: int | None = typer.Option(None, help=help_of(TrainSettings, "batch_size")),
+    rank: int | None = typer.Option(None, help=help_of(LoraSettings, "rank")),
+    alpha: float | None = typer.Option(None, help=help_of(LoraSettings, "alpha")),
+    layers_per_slice: int | None = typer.Option(
+        None, help=help_of(LoraSettings, "layers_per_slice")
+    ),
+    targets: str | None = typer.Option(None, help=help_of(LoraSettings, "targets")),
+    max_length: int | None = typer.Option(None, help=help_of(ModelSpec, "max_length")),
+    num_labels: int | None = typer.Option(None, help=help_of(ModelSpec, "num_labels")),
     validation_fraction: float | None = typer.Option(
-        None, help="Share of each slice held out for early stopping."
+        None, help=help_of(TrainSettings, "validation_fraction")
     ),
-    patience: int | None = typer.Option(None, help="Early-stopping patience in epochs."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not cache frozen lower layers."),
-    seed: int | None = typer.Option(None, help="Seed of partitioning and training."),
+    patience: int | None = typer.Option(None, help=help_of(TrainSettings, "patience")),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Turn off: " + help_of(TrainSettings, "cache_activations")
+    ),
+    seed: int | None = typer.Option(None, help=help_of(LayoutSettings, "seed")),
     limit: int | None = typer.Option(None, help="Train on a seeded sample of N rows."),
     id_column: str | None = typer.Option(None, help="Column with sample ids."),
     text_column: str | None = typer.Option(None, help="Column with the text."),

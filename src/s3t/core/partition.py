@@ -126,8 +126,8 @@ class Layout:
     def add(
         self,
         ids: Iterable[object],
-        labels: Sequence[Hashable] | None = None,
-        risk: Sequence[float] | None = None,
+        labels: Sequence[Hashable] | np.ndarray | None = None,
+        risk: Sequence[float] | np.ndarray | None = None,
     ) -> Layout:
         """Return a layout with new samples placed, each into the currently smallest shard
         (lowest index on ties) and its smallest slice; no existing sample moves."""
@@ -187,8 +187,8 @@ def partition(
     shards: int,
     slices: int,
     seed: int = 0,
-    labels: Sequence[Hashable] | None = None,
-    risk: Sequence[float] | None = None,
+    labels: Sequence[Hashable] | np.ndarray | None = None,
+    risk: Sequence[float] | np.ndarray | None = None,
 ) -> Layout:
     """Assign every id to one (shard, slice).
 
@@ -255,7 +255,7 @@ def _validated_ids(ids: Iterable[object]) -> list[SampleId]:
     return keys
 
 
-def _validated_risk(risk: Sequence[float] | None, n: int) -> np.ndarray | None:
+def _validated_risk(risk: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray | None:
     if risk is None:
         return None
     scores = np.asarray(risk, dtype=np.float64)

@@ -19,7 +19,6 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from s3t.errors import SequenceError
 
@@ -96,7 +95,7 @@ def score(
     return float(np.sum(n * np.clip(1.0 - cumulative, 0.0, 1.0) ** t))
 
 
-def bms(prior: Sequence[float], budget: int, t: float = DEFAULT_T) -> list[Perm]:
+def bms(prior: Sequence[float] | np.ndarray, budget: int, t: float = DEFAULT_T) -> list[Perm]:
     """Return ``budget`` sequences by bipartite-matching selection under a deletion prior.
 
     One round grows L partial sequences, one per first slice, a position at a time; at each
@@ -131,6 +130,8 @@ def bms(prior: Sequence[float], budget: int, t: float = DEFAULT_T) -> list[Perm]
 
 
 def _latin_round(p: np.ndarray, t: float, used_prefixes: set[Perm]) -> list[Perm]:
+    from scipy.optimize import linear_sum_assignment  # slow to import: only when used
+
     slices = len(p)
     partial: list[Perm] = [(s,) for s in range(slices)]
     penalty = float(slices * slices + 1)  # above any total score gain of one step
@@ -197,7 +198,7 @@ def select_sequences(
     method: str,
     slices: int,
     budget: int,
-    prior: Sequence[float] | None = None,
+    prior: Sequence[float] | np.ndarray | None = None,
     seed: int = 0,
     t: float = DEFAULT_T,
 ) -> list[Perm]:
@@ -229,7 +230,7 @@ def normalised_prior(prior: Iterable[float] | np.ndarray, slices: int) -> np.nda
         raise SequenceError(f"prior values must be finite and >= 0, got {p.tolist()!r}")
     if p.sum() <= 0:
         raise SequenceError(f"prior must not be all zero, got {p.tolist()!r}")
-    return p / p.sum()
+    return np.asarray(p / p.sum(), dtype=np.float64)
 
 
 def _check_perm(sequence: Sequence[int], slices: int) -> None:

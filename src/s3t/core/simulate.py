@@ -182,7 +182,7 @@ def _cell_probabilities(
         raise SequenceError(f"prior must be finite, >= 0 and not all zero, got {p.tolist()!r}")
     if p.shape[0] == shards and np.asarray(prior).ndim == 1:
         p = p / p.sum(axis=1, keepdims=True) / shards
-    return p / p.sum()
+    return np.asarray(p / p.sum(), dtype=np.float64)
 
 
 def _first_hits(

@@ -20,7 +20,7 @@ import pandas as pd
 
 from s3t.data.columns import require_cells
 from s3t.data.examples import Dataset, Examples
-from s3t.data.sources import sample_rows, split_held_out
+from s3t.data.splits import sample_rows, split_held_out
 from s3t.data.templates import format_alpaca
 from s3t.errors import DataError
 
@@ -231,9 +231,9 @@ def _fashion_mnist() -> Dataset:
 
 def _digits() -> Dataset:
     """scikit-learn's 1,797 handwritten 8x8 digits, pixels 0..16 scaled to uint8 0..255."""
-    from sklearn.datasets import load_digits
+    from s3t.extras import require
 
-    digits = load_digits()
+    digits = require("sklearn.datasets", "experiments", "builtin:digits").load_digits()
     images = np.rint(digits.images * 255.0 / 16.0).astype(np.uint8)
     examples = Examples(
         ids=tuple(f"digits-{row:04d}" for row in range(len(images))),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -223,9 +223,9 @@ class BlockModel:
         ``start_layer``, e.g. from the activation cache) the layers below are skipped."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         if hidden is None:
-            return self.model(**inputs).logits
+            return cast(torch.Tensor, self.model(**inputs).logits)
         with self.layers_from(start_layer, hidden):
-            return self.model(**inputs).logits
+            return cast(torch.Tensor, self.model(**inputs).logits)
 
     @contextmanager
     def layers_from(self, start_layer: int, hidden: torch.Tensor) -> Iterator[None]:

@@ -6,11 +6,37 @@ a configuration without loading the deep-learning stack.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from s3t.errors import ConfigError
+
+
+def option(default: Any, help: str) -> Any:
+    """A settings field with its one description (the CLI's help is derived from it)."""
+    return field(default=default, metadata={"help": help})
+
+
+def description(cls: type, name: str) -> str:
+    """The one description of a settings field."""
+    for f in fields(cls):
+        if f.name == name:
+            return str(f.metadata.get("help", ""))
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
+def help_of(cls: type, name: str) -> str:
+    """The description of a settings field, with its default: the text of ``--help``."""
+    for f in fields(cls):
+        if f.name == name:
+            text = description(cls, name)
+            if f.default is MISSING or f.default is None:
+                return text  # the text says what "unset" means
+            shown = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            return f"{text} (default: {shown})"
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
 
 Order = Literal["top-down", "bottom-up"]
 
@@ -25,18 +51,20 @@ class Family(StrEnum):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which backbone to fine-tune and for what output.
+    """Which backbone to fine-tune and for what output."""
 
-    ``name_or_path``: a hub id, a local folder, or ``builtin:minilm`` (the packaged
-    all-MiniLM-L6-v2). ``family``: ``None`` to detect from the config. ``num_labels``:
-    classes, 1 for regression, 0 to take it from the data; ignored for causal LMs.
-    ``max_length``: token truncation.
-    """
-
-    name_or_path: str
-    family: Family | None = None
-    num_labels: int = 0
-    max_length: int = 128
+    name_or_path: str = option(
+        MISSING,
+        "A Hugging Face hub id, a local folder, or builtin:minilm (the packaged all-MiniLM-L6-v2).",
+    )
+    family: Family | None = option(
+        None, "encoder, image or causal-lm; detected from the model's config when unset."
+    )
+    num_labels: int = option(
+        0,
+        "Model outputs: classes, 1 for regression, 0 to take it from the data (causal LMs: ignored).",
+    )
+    max_length: int = option(128, "Token truncation length.")
 
     def __post_init__(self) -> None:
         if not self.name_or_path:
@@ -49,22 +77,23 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA hyper-parameters and the block layout.
+    """LoRA hyper-parameters and the block layout."""
 
-    ``alpha`` ``None`` means the paper's family default (2r for text models, r for ViT).
-    ``targets`` ``None`` means the family default projections (query/value; all seven
-    attention/MLP projections for Llama-style decoders). ``layers_per_slice`` ``None``
-    means ℓ = num_layers // L. ``order`` is the block order (the paper's top-down, or the
-    bottom-up ablation).
-    """
-
-    rank: int = 16
-    alpha: float | None = None
-    dropout: float = 0.0
-    rslora: bool = True
-    targets: tuple[str, ...] | None = None
-    layers_per_slice: int | None = None
-    order: Order = "top-down"
+    rank: int = option(16, "LoRA rank r.")
+    alpha: float | None = option(
+        None, "LoRA alpha; unset means the paper's family default (2r for text models, r for ViT)."
+    )
+    dropout: float = option(0.0, "LoRA dropout (frozen layers always run without dropout).")
+    rslora: bool = option(True, "Rank-stabilised LoRA scaling (alpha / sqrt(r)), as in the paper.")
+    targets: tuple[str, ...] | None = option(
+        None,
+        "LoRA target projections; unset means the family default (query,value; all seven "
+        "attention/MLP projections for Llama-style decoders).",
+    )
+    layers_per_slice: int | None = option(None, "Layers per block ℓ; unset means num_layers // L.")
+    order: Order = option(
+        "top-down", "Block order: the paper's top-down, or bottom-up (the ablation)."
+    )
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -110,28 +139,28 @@ def block_layers(
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings of every stage.
+    """Optimisation settings of every stage. The defaults are the ones README recommends:
+    the best of a learning-rate sweep on a validation split (never the test split)."""
 
-    ``epochs`` per stage; AdamW with ``lr``, ``weight_decay``; linear warm-up over
-    ``warmup_ratio`` of the steps then linear decay; gradients clipped to
-    ``max_grad_norm`` (``None``: no clipping). ``cache_activations`` reuses the frozen
-    lower layers' outputs (exact, top-down only); ``bucket_by_length`` batches samples
-    of similar length together. ``validation_fraction`` of every slice is held out for
-    early stopping (``patience`` epochs without improvement) and best-epoch selection;
-    it is carved from the shard's own training data, never from the test set.
-    """
-
-    lr: float = 1e-4
-    epochs: int = 1
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
-    cache_activations: bool = True
-    bucket_by_length: bool = True
-    validation_fraction: float = 0.0
-    patience: int | None = None
-    eval_batch_size: int = 128
+    lr: float = option(2e-3, "AdamW learning rate of every stage.")
+    epochs: int = option(2, "Epochs per stage.")
+    batch_size: int = option(16, "Training batch size.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup_ratio: float = option(
+        0.0, "Share of a stage's steps with linear warm-up (then linear decay)."
+    )
+    max_grad_norm: float | None = option(1.0, "Gradient clipping norm; unset: no clipping.")
+    cache_activations: bool = option(
+        True, "Reuse the frozen lower layers' outputs (exact; top-down blocks only)."
+    )
+    bucket_by_length: bool = option(True, "Batch samples of similar length together.")
+    validation_fraction: float = option(
+        0.1,
+        "Share of every slice held out for best-epoch selection and early stopping (carved "
+        "from the shard's own training data, never from the test split).",
+    )
+    patience: int | None = option(None, "Early-stopping patience in epochs; unset: none.")
+    eval_batch_size: int = option(128, "Batch size of validation passes.")
 
     def __post_init__(self) -> None:
         checks = [

@@ -52,7 +52,7 @@ def bench_training(
     assert data.test is not None
     spec = ModelSpec("builtin:minilm", num_labels=2, max_length=128)
     lora = LoraSettings(rank=16)
-    settings = TrainSettings(lr=lr, epochs=epochs, batch_size=32)
+    settings = TrainSettings(lr=lr, epochs=epochs, batch_size=32, validation_fraction=0.0)
     config = S3TConfig(spec, LayoutSettings(shards=1, slices=slices, budget=1), lora, settings)
     say(f"training benchmark: {samples} samples, L={slices}, {epochs} epoch(s) per stage")
 

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from s3t.core.jsonable import jsonable
-from s3t.data import load_dataset
 from s3t.data.examples import Dataset
-from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings
+from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings, description, option
 from s3t.errors import ConfigError
 from s3t.system.config import LayoutSettings, S3TConfig
 
@@ -27,31 +26,33 @@ PRETRAIN_MANIFEST = "s3t_pretrain.json"
 
 @dataclass(frozen=True)
 class ExperimentSettings:
-    """The model, data and optimisation every run of an experiment uses.
+    """The model, data and optimisation every run of an experiment uses. The learning-rate
+    defaults are the best of a sweep on a validation split carved from the training data
+    (README); the experiments train without a validation split, as in the paper."""
 
-    ``limit`` caps the training samples (seeded sample); ``epochs`` are per stage; ``lr``
-    is S3T's stage learning rate and ``baseline_lr`` that of ordinary LoRA fine-tuning
-    (every layer trains at once, which is unstable at the stage rate). Both defaults are
-    the best of a sweep on a validation split carved from the training data (README);
-    ``slices`` and ``shards`` are the experiment's defaults where it varies them;
-    ``test_fraction`` carves a held-out split from sources that have none.
-    """
-
-    model: str = "builtin:minilm"
-    data: str = "builtin:rotten_tomatoes"
-    limit: int | None = 2400
-    epochs: int = 2
-    lr: float = 2e-3
-    baseline_lr: float = 1e-3
-    batch_size: int = 16
-    rank: int = 16
-    max_length: int = 128
-    shards: int = 2
-    slices: int = 3
-    seed: int = 0
-    deletions: int = 30
-    deletion_batch: int = 5
-    test_fraction: float = 0.2
+    model: str = option("builtin:minilm", description(ModelSpec, "name_or_path"))
+    data: str = option(
+        "builtin:rotten_tomatoes",
+        "Data source: a CSV/JSONL/parquet file, a saved `datasets` folder or builtin:NAME.",
+    )
+    limit: int | None = option(2400, "Training samples (a seeded sample); unset: all of them.")
+    epochs: int = option(2, description(TrainSettings, "epochs"))
+    lr: float = option(2e-3, "S3T's stage learning rate.")
+    baseline_lr: float = option(
+        1e-3,
+        "Ordinary LoRA's learning rate (every layer trains at once, unstable at the stage rate).",
+    )
+    batch_size: int = option(16, description(TrainSettings, "batch_size"))
+    rank: int = option(16, description(LoraSettings, "rank"))
+    max_length: int = option(128, description(ModelSpec, "max_length"))
+    shards: int = option(2, description(LayoutSettings, "shards"))
+    slices: int = option(3, description(LayoutSettings, "slices"))
+    seed: int = option(0, description(LayoutSettings, "seed"))
+    deletions: int = option(30, "Deletion requests replayed (rq2, demo).")
+    deletion_batch: int = option(5, "Deletion requests per batch of the replay.")
+    test_fraction: float = option(
+        0.2, "Held-out test share carved from sources without a test split."
+    )
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -67,11 +68,15 @@ class ExperimentSettings:
             model=ModelSpec(self.model, max_length=self.max_length),
             layout=LayoutSettings(shards=shards, slices=slices, budget=budget, seed=self.seed),
             lora=LoraSettings(rank=self.rank, **lora),
-            train=TrainSettings(lr=self.lr, epochs=self.epochs, batch_size=self.batch_size),
+            train=TrainSettings(
+                lr=self.lr, epochs=self.epochs, batch_size=self.batch_size, validation_fraction=0.0
+            ),
         )
 
     def dataset(self) -> Dataset:
         """Load the data; if the model was pretrained by s3t on part of it, leave that out."""
+        from s3t.data import load_dataset
+
         data = load_dataset(self.data, seed=self.seed, test_fraction=self.test_fraction)
         manifest = Path(self.model) / PRETRAIN_MANIFEST
         if manifest.exists():
@@ -79,7 +84,7 @@ class ExperimentSettings:
             keep = [i for i, sid in enumerate(data.train.ids) if sid not in used]
             data = replace(data, train=data.train.take(keep))
         if self.limit is not None and self.limit < len(data.train):
-            from s3t.data.sources import sample_rows
+            from s3t.data.splits import sample_rows
 
             data = replace(data, train=sample_rows(data.train, self.limit, self.seed))
         return data
@@ -105,10 +110,15 @@ def model_layers(model: str) -> int:
     raise ConfigError(f"cannot tell how many layers {model!r} has")
 
 
-def fresh_workspace(out: Path, label: str) -> Path:
-    """An emptied folder ``out/workspaces/<label as a file name>`` for one run."""
+def workspace_path(out: Path, label: str) -> Path:
+    """Where an experiment keeps the workspace of one run: ``out/workspaces/<label>``."""
     name = "".join(c if c.isalnum() or c in "=-." else "_" for c in label).strip("_")
-    root = out / "workspaces" / name
+    return out / "workspaces" / name
+
+
+def fresh_workspace(out: Path, label: str) -> Path:
+    """An emptied folder for one run (see :func:`workspace_path`)."""
+    root = workspace_path(out, label)
     shutil.rmtree(root, ignore_errors=True)
     return root
 

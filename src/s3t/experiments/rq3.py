@@ -4,6 +4,7 @@ depth). Pure simulation: seconds, no model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from s3t.core.simulate import simulate
 from s3t.experiments.common import Say, write_results
 from s3t.report.plots import plot_lines
 
-PRIORS = {
+PRIORS: dict[str, Callable[[int], np.ndarray]] = {
     "uniform": lambda L: np.full(L, 1.0 / L),
     "zipf": lambda L: (1.0 / np.arange(1, L + 1)) / (1.0 / np.arange(1, L + 1)).sum(),
     "geometric": lambda L: 2.0 ** np.arange(L) / (2.0 ** np.arange(L)).sum(),
@@ -48,7 +49,7 @@ def run_rq3(
         for b in budgets:
             entry: dict[str, Any] = {"prior": name, "budget": b}
             for method, seqs in (
-                ("bms", bms(prior, b)),
+                ("bms", bms(prior.tolist(), b)),
                 ("cyclic", cyclic(slices, b)),
             ):
                 r = simulate(shards, seqs, trials=trials, prior=prior, seed=seed)

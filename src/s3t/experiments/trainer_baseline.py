@@ -42,7 +42,7 @@ class BaselineResult:
         return self.samples / self.seconds
 
 
-class _Rows(torch.utils.data.Dataset):
+class _Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __init__(
         self, encoded: dict[str, list[Any]], labels: np.ndarray, rows: Sequence[int]
     ) -> None:

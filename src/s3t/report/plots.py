@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
+def _pyplot() -> Any:
+    from s3t.extras import require
 
+    matplotlib = require("matplotlib", "experiments", "drawing plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -16,26 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from s3t.core.sequences import DEFAULT_T, METHODS, check_budget
-from s3t.engine.settings import Family, LoraSettings, ModelSpec, TrainSettings
+from s3t.engine.settings import Family, LoraSettings, ModelSpec, TrainSettings, option
 from s3t.errors import ConfigError, SequenceError
 
 
 @dataclass(frozen=True)
 class LayoutSettings:
-    """How data is split and which sequences are trained.
+    """How data is split and which sequences are trained."""
 
-    ``shards`` m, ``slices`` L, ``budget`` B sequences per shard chosen by ``method``
-    (cyclic, bms, random, full); ``bms_t`` is BMS's score exponent; ``stratify`` spreads
-    every class evenly over shards and slices; ``seed`` seeds partitioning and training.
-    """
-
-    shards: int = 1
-    slices: int = 3
-    budget: int = 3
-    method: str = "cyclic"
-    bms_t: float = DEFAULT_T
-    stratify: bool = True
-    seed: int = 0
+    shards: int = option(1, "Number of shards m.")
+    slices: int = option(3, "Slices per shard L (and LoRA blocks per model).")
+    budget: int = option(3, "Sequences per shard B (B = L saturates the deletion rate).")
+    method: str = option("cyclic", "Sequence selection: cyclic, bms, random or full.")
+    bms_t: float = option(DEFAULT_T, "BMS's score exponent t.")
+    stratify: bool = option(True, "Spread every class evenly over shards and slices.")
+    seed: int = option(0, "Seed of partitioning, sequence selection and training.")
 
     def __post_init__(self) -> None:
         if self.shards < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from s3t.core.selection import Served, serving_choice
 from s3t.core.simulate import expected_requests_to_cover
@@ -15,7 +15,7 @@ from s3t.system.store.workspace import Workspace
 class _Json:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return _plain(asdict(self))  # type: ignore[call-overload]
+        return cast(dict[str, Any], _plain(asdict(self)))  # type: ignore[call-overload]
 
 
 def _plain(value: Any) -> Any:

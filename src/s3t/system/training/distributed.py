@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from s3t.errors import ConfigError
+from s3t.extras import require
 from s3t.system.config import S3TConfig
 from s3t.system.training.stage_worker import ShardWork, StageWorker, TrainedStage
 from s3t.system.training.trainer import EventCallback, StageEvent
@@ -38,9 +39,12 @@ def train_shard(config: dict[str, Any], work: ShardWork, threads: int) -> list[T
     """Run in a Ray worker: train a shard's jobs with the driver's thread count."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    worker = StageWorker(S3TConfig.from_dict(config))
-    return list(worker.run(work))
+    try:
+        return list(StageWorker(S3TConfig.from_dict(config)).run(work))
+    finally:
+        torch.set_num_threads(before)
 
 
 class RayExecutor:
@@ -64,10 +68,7 @@ class RayExecutor:
         self.threads = threads
 
     def _ray(self) -> Any:
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("distributed training needs Ray: pip install 's3t[ray]'") from None
+        ray = require("ray", "ray", "training on Ray")
         if not ray.is_initialized():
             ray.init(
                 address=self.address,
