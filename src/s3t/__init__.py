@@ -16,6 +16,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "S3T": "s3t.system.api",
+    "Client": "s3t.client",
     "Status": "s3t.system.reports",
     "Health": "s3t.system.reports",
     "StageInfo": "s3t.system.reports",
@@ -34,7 +35,7 @@ _EXPORTS = {
     "Receipt": "s3t.system.forget",
     "VerifyReport": "s3t.system.verify",
     "ReferenceReport": "s3t.system.training.reference",
-    "Prediction": "s3t.system.serving.server",
+    "Prediction": "s3t.system.serving.requests",
     "Served": "s3t.core.selection",
     "load_dataset": "s3t.data",
     "Dataset": "s3t.data",
@@ -57,6 +58,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from s3t.client import Client
     from s3t.core.partition import Layout, partition
     from s3t.core.selection import Served
     from s3t.core.sequences import (
@@ -83,7 +85,7 @@ if TYPE_CHECKING:
         StageInfo,
         Status,
     )
-    from s3t.system.serving.server import Prediction
+    from s3t.system.serving.requests import Prediction
     from s3t.system.training.background import RetrainPolicy
     from s3t.system.training.distributed import RayExecutor
     from s3t.system.training.reference import ReferenceReport
@@ -91,6 +93,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "S3T",
+    "Client",
     "Dataset",
     "Examples",
     "ExportInfo",

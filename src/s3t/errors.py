@@ -13,10 +13,13 @@ these classes to status codes in a single table (``s3t.service.app.ERROR_STATUS`
     ├── InvalidRequestError (ValueError)    an empty or malformed request (forget / predict)
     ├── UnknownSampleError (KeyError)       sample ids the workspace never held
     ├── UnknownRequestError (KeyError)      a deletion request id the workspace never issued
+    ├── UnknownTokenError (KeyError)        an access token the workspace does not hold
+    ├── AccessDeniedError (PermissionError) a service refused the token (client side)
     ├── WorkspaceError (RuntimeError)       a missing, locked or corrupted workspace
     │   ├── SchemaVersionError              a workspace written by another schema version
     │   └── ArtifactError                   an artifact file missing or not matching its record
     ├── MissingExtraError (ImportError)     an optional part whose extra is not installed
+    ├── QueueFullError (RuntimeError)       the service's prediction queue is full: retry later
     ├── ServiceUnavailableError (RuntimeError)  every shard has lost every model
     └── RetrainConflictError (RuntimeError) a retrain whose data saw a sample deleted meanwhile
 """
@@ -77,6 +80,17 @@ class UnknownRequestError(S3TError, KeyError):
         return str(self.args[0])
 
 
+class UnknownTokenError(S3TError, KeyError):
+    """An access token id or name that the workspace does not hold."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class AccessDeniedError(S3TError, PermissionError):
+    """A service refused the request's token (missing, unknown, revoked or under-scoped)."""
+
+
 class WorkspaceError(S3TError, RuntimeError):
     """A workspace that is missing, locked or corrupted."""
 
@@ -91,6 +105,10 @@ class ArtifactError(WorkspaceError):
 
 class MissingExtraError(S3TError, ImportError):
     """An optional part of s3t whose extra is not installed (the message names it)."""
+
+
+class QueueFullError(S3TError, RuntimeError):
+    """The service's prediction queue is full: retry after a moment (HTTP 503, Retry-After)."""
 
 
 class ServiceUnavailableError(S3TError, RuntimeError):

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from s3t.service import create_app
+from s3t.service.settings import ServiceSettings
 from s3t.system.api import S3T
 
 
@@ -27,6 +28,7 @@ def system(workspace: Path) -> Iterator[S3T]:
 
 @pytest.fixture
 def client(system: S3T) -> Iterator[TestClient]:
-    """An in-process client of the service over the copy (lifespan run)."""
-    with TestClient(create_app(system)) as test_client:
+    """An in-process client of the service over the copy (lifespan run), tokens off."""
+    app = create_app(system, ServiceSettings(require_tokens=False))
+    with TestClient(app, base_url="http://localhost") as test_client:
         yield test_client

@@ -56,8 +56,8 @@ def test_serve_runs_the_workspace_app_and_shutdown_stops_retraining(
     system = seen["app"].state.s3t.system
     assert system.background is not None
     assert system.background.policy == RetrainPolicy(min_depth=2, when_dead=True)
-    with TestClient(seen["app"]) as client:
-        assert client.get("/health").json()["live_shards"] == 2
+    with TestClient(seen["app"], base_url="http://localhost") as client:
+        assert client.get("/v1/health").json()["live_shards"] == 2
     assert system.background is None
 
 

@@ -29,6 +29,7 @@ def _downgrade_to_version_1(root: Path) -> None:
         ALTER TABLE artifacts DROP COLUMN quarantine_reason;
         ALTER TABLE deletions DROP COLUMN chain_seq;
         DROP TABLE erasures;
+        DROP TABLE tokens;
         DROP TRIGGER audit_append_only_update;
         DROP TRIGGER audit_append_only_delete;
         ALTER TABLE audit DROP COLUMN hash;

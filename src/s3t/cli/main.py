@@ -27,6 +27,7 @@ app.command()(train.train)
 app.command()(experiments.demo)
 app.command()(experiments.experiment)
 app.command()(serve.serve)
+app.add_typer(serve.tokens, name="token")
 for command in (
     system.forget,
     system.predict,

@@ -16,6 +16,11 @@ from s3t.cli.output import console, print_json, progress_bar, table
 from s3t.errors import InvalidRequestError
 
 WS = typer.Option(..., "--workspace", "-w", help="Workspace folder.")
+WS_OR_URL = typer.Option(None, "--workspace", "-w", help="Workspace folder (or give --url).")
+URL = typer.Option(
+    None, "--url", envvar="S3T_URL", help="Act on a running s3t service instead of a folder."
+)
+TOKEN = typer.Option(None, "--token", envvar="S3T_TOKEN", help="The service's bearer token.")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
@@ -23,6 +28,21 @@ def _open(workspace: Path, read_only: bool = False) -> Any:
     from s3t.system.api import S3T
 
     return S3T.open(workspace, read_only=read_only)
+
+
+def _system(
+    workspace: Path | None, url: str | None, token: str | None, read_only: bool = False
+) -> Any:
+    """The workspace (opened here), or a client of the service at ``url``: both have the
+    methods the commands call, with the same return types."""
+    if (workspace is None) == (url is None):
+        raise InvalidRequestError("give either --workspace (a folder) or --url (a running service)")
+    if url is not None:
+        from s3t.client import Client
+
+        return Client(url, token)
+    assert workspace is not None
+    return _open(workspace, read_only)
 
 
 def _read_lines(file: Path | None) -> list[str]:
@@ -47,7 +67,9 @@ def forget(
     erase_wait: float = typer.Option(
         30.0, "--erase-wait", min=0, help="Seconds to wait for a pending erasure to finish."
     ),
-    workspace: Path = WS,
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
     """Forget samples now: exact, durable; truncates the sequences that saw them and erases
@@ -57,11 +79,11 @@ def forget(
         raise InvalidRequestError(
             "give sample ids to forget (arguments or --file); nothing was changed"
         )
-    system = _open(workspace)
+    system = _system(workspace, url, token)
     began = time.perf_counter()
     receipt = system.forget(wanted)
     elapsed_ms = (time.perf_counter() - began) * 1000
-    if receipt.erasure == "pending":
+    if receipt.erasure == "pending" and url is None:
         receipt = system.finish_erasure(receipt.request_id, erase_wait)
     if as_json:
         print_json(receipt.to_dict() | {"milliseconds": round(elapsed_ms, 3)})
@@ -106,20 +128,22 @@ def predict(
     file: Path | None = typer.Option(None, "--file", "-f", help="File with one text per line."),
     aggregate: str = typer.Option("mean-logits", help="mean-logits, mean-probs or vote."),
     max_new_tokens: int = typer.Option(32, help="For language models: tokens to generate."),
-    workspace: Path = WS,
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
     """Predict with the served models (or generate, for a language-model workspace)."""
     inputs = list(texts or []) + _read_lines(file)
     if not inputs:
         raise InvalidRequestError("give texts to predict (arguments or --file)")
-    system = _open(workspace)
-    if system.modality == "image":
+    system = _system(workspace, url, token)
+    if url is None and system.modality == "image":
         raise InvalidRequestError(
             "`s3t predict` takes texts; predict images with POST /predict (`s3t serve`) or "
             "the Python API (S3T.open(...).predict(array))"
         )
-    if system.task == "instruction":
+    if url is None and system.task == "instruction":
         generation = system.generate(inputs, max_new_tokens)
         if as_json:
             print_json(generation.to_dict())
@@ -148,9 +172,14 @@ def predict(
     )
 
 
-def status(workspace: Path = WS, as_json: bool = JSON) -> None:
+def status(
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
+    as_json: bool = JSON,
+) -> None:
     """Per-shard depths, live shards, deletions so far, deletions left before failure."""
-    state = _open(workspace, read_only=True).status()
+    state = _system(workspace, url, token, read_only=True).status()
     if as_json:
         print_json(state.to_dict())
         return
@@ -191,12 +220,16 @@ def verify(
     recompute: bool = typer.Option(
         False, "--recompute", help="Also retrain every served model from scratch and compare."
     ),
-    workspace: Path = WS,
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
     """Check exactness from one snapshot of the registry and the files, without changing
     anything; exit 1 on any violation."""
-    system = _open(workspace, read_only=not recompute)
+    if recompute and url is not None:
+        raise InvalidRequestError("--recompute retrains models: run it on the workspace folder")
+    system = _system(workspace, url, token, read_only=not recompute)
     if receipt is not None:
         report = system.verify_receipt(_read_json(receipt))
     else:
@@ -235,20 +268,34 @@ def retrain(
     shard: list[int] = typer.Option(None, "--shard", help="Only these shards (repeatable)."),
     ray: bool = typer.Option(False, "--ray", help="Retrain shards in parallel Ray tasks."),
     ray_address: str | None = typer.Option(None, help="Ray cluster to join."),
-    workspace: Path = WS,
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
     """Retrain every truncated sequence back to full depth (deleted samples excluded)."""
     from s3t.cli.train import ray_executor, stage_progress
 
-    system = _open(workspace)
-    with progress_bar(enabled=not as_json) as update:
-        outcomes = system.retrain(
-            shard or None, on_event=stage_progress(update), executor=ray_executor(ray, ray_address)
-        )
-    rows = [o.to_dict() for o in outcomes]
+    system = _system(workspace, url, token)
+    if url is not None:  # the service retrains with its own model instance
+        if ray or ray_address:
+            raise InvalidRequestError(
+                "--ray trains from this machine: run it on the workspace folder"
+            )
+        answer = system.retrain(shard or None)
+        rows = answer["stages"]
+        status = answer["status"]
+    else:
+        with progress_bar(enabled=not as_json) as update:
+            outcomes = system.retrain(
+                shard or None,
+                on_event=stage_progress(update),
+                executor=ray_executor(ray, ray_address),
+            )
+        rows = [o.to_dict() for o in outcomes]
+        status = system.status().to_dict()
     if as_json:
-        print_json({"stages": rows, "status": system.status().to_dict()})
+        print_json({"stages": rows, "status": status})
         return
     if not rows:
         console.print("nothing to retrain: every sequence is at full depth")
@@ -281,11 +328,13 @@ def export(
 
 def receipt(
     request_id: str = typer.Argument(..., help="The deletion request id."),
-    workspace: Path = WS,
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
     """Show the receipt of a deletion request (keep it: `s3t verify --receipt` proves it)."""
-    found = _open(workspace, read_only=True).receipt(request_id)
+    found = _system(workspace, url, token, read_only=True).receipt(request_id)
     if as_json:
         print_json(found.to_dict())
         return
@@ -332,11 +381,13 @@ def reference(
 
 def audit(
     since: int = typer.Option(0, help="Only events after this sequence number."),
-    workspace: Path = WS,
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
     """Show the append-only audit log."""
-    events = _open(workspace, read_only=True).audit(since)
+    events = _system(workspace, url, token, read_only=True).audit(since)
     if as_json:
         print_json(events)
         return
@@ -350,11 +401,13 @@ def audit(
 def samples(
     shard: int | None = typer.Option(None, "--shard", help="Only this shard."),
     deleted: bool = typer.Option(False, "--deleted", help="Include deleted samples."),
-    workspace: Path = WS,
+    workspace: Path | None = WS_OR_URL,
+    url: str | None = URL,
+    token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
     """List sample ids with their shard and slice."""
-    rows = _open(workspace, read_only=True).samples(shard, include_deleted=deleted)
+    rows = _system(workspace, url, token, read_only=True).samples(shard, include_deleted=deleted)
     if as_json:
         print_json([r.to_dict() for r in rows])
         return

@@ -1,24 +1,28 @@
-"""The HTTP service: one FastAPI app over one open :class:`~s3t.system.api.S3T`.
+"""The HTTP service: one FastAPI app over one open :class:`~s3t.system.api.S3T`, every route
+under ``/v1`` (plus ``/metrics``), each behind a bearer-token scope.
 
-    GET  /health                 cheap liveness: live shards, failed (never loads the model)
-    GET  /status                 S3T.status()
-    POST /predict                S3T.predict()          POST /generate   S3T.generate()
-    POST /forget                 S3T.forget(): durable when the response is sent
-    GET  /deletions/{request_id} a stored deletion receipt
-    GET  /verify                 S3T.verify(): 200 when ok, 409 with the same report when not
-    POST /retrain                S3T.retrain() now, or 202 and the background retrainer
-    GET  /samples, GET /audit    the sample table and the audit log
+    GET  /v1/healthz   alive (no token)         GET  /v1/readyz    model loaded, a shard live
+    POST /v1/predict   predict                  POST /v1/generate  predict
+    POST /v1/forget    forget                   GET  /v1/deletions/{id}[/verify]   read
+    GET  /v1/status, /v1/samples, /v1/audit, /v1/verify                            read
+    POST /v1/retrain   admin                    GET|POST /v1/tokens, DELETE /v1/tokens/{id}  admin
+    GET  /metrics      read (Prometheus text format)
 
-Endpoints are plain ``def``s, so FastAPI runs them in its threadpool: the model is guarded
-by the server's lock and every thread has its own registry connection. Every s3t error
-becomes one status code through :data:`ERROR_STATUS` and one handler.
+Predictions are coalesced into batches by a worker thread (:mod:`s3t.system.serving.batcher`)
+and awaited without holding a server thread, so forget, status and health never wait on
+the model. A prediction's answer and a deletion are ordered: an answer computed before a
+deletion was acknowledged is sent before that acknowledgement, and one validated after it
+never uses a stage the deletion purged (:class:`ResponseFence`). Every error is JSON
+``{"error", "detail"}``; the status of each s3t error is :data:`ERROR_STATUS`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,14 +30,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s3t.errors import (
     ArtifactError,
     ConfigError,
     DataError,
     InvalidRequestError,
+    MissingExtraError,
     ModelError,
     PartitionError,
+    QueueFullError,
     RetrainConflictError,
     S3TError,
     SchemaVersionError,
@@ -41,6 +50,7 @@ from s3t.errors import (
     ServiceUnavailableError,
     UnknownRequestError,
     UnknownSampleError,
+    UnknownTokenError,
     WorkspaceError,
 )
 from s3t.service.bodies import (
@@ -49,23 +59,36 @@ from s3t.service.bodies import (
     PredictRequest,
     RetrainRequest,
     S3TJSONResponse,
+    TokenRequest,
     image_array,
 )
+from s3t.service.gate import Gate, Telemetry
+from s3t.service.settings import ServiceSettings
+from s3t.system.access import TokenInfo
 from s3t.system.api import S3T
 from s3t.system.training.background import RetrainPolicy
 
 log = logging.getLogger(__name__)
 
+
+class LimitError(InvalidRequestError):
+    """A request over one of the service's limits (HTTP 413, naming the limit)."""
+
+
 #: The HTTP status of every s3t error; the most specific class in an error's MRO wins.
 ERROR_STATUS: dict[type[S3TError], int] = {
+    LimitError: 413,
     UnknownSampleError: 404,
     UnknownRequestError: 404,
+    UnknownTokenError: 404,
     InvalidRequestError: 422,
     PartitionError: 422,
     ConfigError: 400,
     ModelError: 400,
     DataError: 400,
     SequenceError: 400,
+    MissingExtraError: 501,
+    QueueFullError: 503,
     ServiceUnavailableError: 503,
     SchemaVersionError: 409,
     RetrainConflictError: 409,
@@ -83,28 +106,77 @@ def status_for(error: S3TError) -> int:
     return 500
 
 
-async def _s3t_error(request: Request, exc: Exception) -> S3TJSONResponse:
-    """Answer an s3t error with its status from the table and a body naming it."""
-    assert isinstance(exc, S3TError)
-    status = status_for(exc)
-    body: dict[str, Any] = {"error": type(exc).__name__, "detail": str(exc)}
-    if isinstance(exc, UnknownSampleError):
-        body["ids"] = exc.ids
-    if status >= 500 and status != 503:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return S3TJSONResponse(body, status_code=status)
+def error_body(error: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """The one shape of every error answer."""
+    return {"error": error, "detail": detail, **extra}
+
+
+class ResponseFence:
+    """Orders prediction answers and deletion acknowledgements (see the module docstring):
+    a prediction is validated and enters the fence under one lock; a deletion, once
+    committed, waits until every answer that entered before it has been sent."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._next = 0
+        self._open: set[int] = set()
+
+    def enter(self) -> int:
+        """Register an answer about to be sent (call holding :attr:`lock`)."""
+        self._next += 1
+        self._open.add(self._next)
+        return self._next
+
+    def position(self) -> int:
+        """The last answer that entered (call holding :attr:`lock`)."""
+        return self._next
+
+    def leave(self, ticket: int | None) -> None:
+        """The answer was sent (or its request ended)."""
+        with self.lock:
+            self._open.discard(ticket or 0)
+
+    async def wait_until_sent(self, position: int, timeout: float = 30.0) -> None:
+        """Wait (polling every millisecond, at most ``timeout``) until every answer that
+        entered at or before ``position`` was sent."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not any(t <= position for t in self._open):
+                    return
+            await asyncio.sleep(0.001)
 
 
 @dataclass
 class ServiceState:
-    """What the endpoints share: the system, and locks for the work that must not overlap."""
+    """What the endpoints share."""
 
     system: S3T
+    settings: ServiceSettings
+    telemetry: Telemetry
     owns_system: bool = False
+    fence: ResponseFence = field(default_factory=ResponseFence)
     #: synchronous retrains share one trainer (one model instance): one at a time
     retrain_lock: threading.Lock = field(default_factory=threading.Lock)
     background_lock: threading.Lock = field(default_factory=threading.Lock)
     started_background: bool = False
+    batcher: Any = None
+    _start_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start_batcher(self) -> Any:
+        """The prediction batcher (started on first use when no lifespan ran)."""
+        with self._start_lock:
+            if self.batcher is None:
+                self.batcher = self.system.batcher(
+                    max_batch=self.settings.max_batch,
+                    max_wait=self.settings.max_wait_ms / 1000,
+                    max_queued=self.settings.max_queued,
+                    chunk=self.settings.chunk,
+                    on_batch=self.telemetry.observe_batch,
+                )
+                batcher = self.batcher
+                self.telemetry.queue_depth = lambda: batcher.queued
+        return self.batcher
 
 
 async def _state(request: Request) -> ServiceState:
@@ -113,17 +185,69 @@ async def _state(request: Request) -> ServiceState:
 
 
 State = Annotated[ServiceState, Depends(_state)]
-router = APIRouter()
 
 
-def create_app(system: S3T, *, owns_system: bool = False) -> FastAPI:
-    """Return the service over an open system. On shutdown the app stops a background
-    retrainer it started itself, and closes the system when ``owns_system``."""
-    state = ServiceState(system, owns_system)
+def scope(name: str) -> Callable[[Request], Awaitable[TokenInfo | None]]:
+    """A dependency admitting a request whose bearer token holds ``name`` (or admin)."""
+
+    async def check(request: Request) -> TokenInfo | None:
+        state: ServiceState = request.app.state.s3t
+        if not state.settings.require_tokens:
+            return None
+        header = request.headers.get("authorization", "")
+        kind, _, presented = header.partition(" ")
+        if kind.lower() != "bearer" or not presented:
+            raise _RefusalError(
+                401,
+                "Unauthorized",
+                "send `Authorization: Bearer <token>`; create one with `s3t token create`",
+            )
+        token = await run_in_threadpool(state.system.authenticate, presented.strip())
+        if token is None:
+            raise _RefusalError(401, "Unauthorized", "the bearer token is unknown or revoked")
+        request.state.token = token.id
+        if not token.allows(name):
+            raise _RefusalError(
+                403,
+                "Forbidden",
+                f"this token lacks the {name!r} scope (it has {list(token.scopes)})",
+            )
+        return token
+
+    return check
+
+
+class _RefusalError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _scoped(name: str) -> Any:
+    return Depends(scope(name))
+
+
+v1 = APIRouter(prefix="/v1")
+
+
+def create_app(
+    system: S3T, settings: ServiceSettings | None = None, *, owns_system: bool = False
+) -> FastAPI:
+    """Return the service over an open system. On shutdown the app answers what is queued,
+    stops the background work it started, and closes the system when ``owns_system``."""
+    settings = settings or ServiceSettings()
+    telemetry = Telemetry(system)
+    state = ServiceState(system, settings, telemetry, owns_system)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if system.task != "instruction":
+            state.start_batcher()
+        # load the model now, in the background: /v1/readyz turns ready when it is in memory
+        threading.Thread(target=system.load_model, name="s3t-load", daemon=True).start()
         yield
+        if state.batcher is not None:
+            await run_in_threadpool(state.batcher.stop)
         if state.owns_system or state.started_background:
             await run_in_threadpool(system.close)
 
@@ -131,18 +255,29 @@ def create_app(system: S3T, *, owns_system: bool = False) -> FastAPI:
         title="s3t",
         summary="Exact machine unlearning for a fine-tuned transformer (S3T): predict and "
         "forget on one workspace.",
+        version="1",
         lifespan=lifespan,
         default_response_class=S3TJSONResponse,
     )
     app.state.s3t = state
     app.add_exception_handler(S3TError, _s3t_error)
-    app.include_router(router)
+    app.add_exception_handler(_RefusalError, _refusal)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(v1)
+    app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=[_scoped("read")])
+    app.add_middleware(Gate, settings=settings, telemetry=telemetry)
     return app
 
 
-def app_for_workspace(path: str | Path, retrain_policy: RetrainPolicy | None = None) -> FastAPI:
-    """Open a workspace (retraining in the background under ``retrain_policy``, if given)
-    and return its service; the app closes the system on shutdown."""
+def app_for_workspace(
+    path: str | Path,
+    retrain_policy: RetrainPolicy | None = None,
+    settings: ServiceSettings | None = None,
+) -> FastAPI:
+    """Open a workspace (retraining in the background under ``retrain_policy``, if given;
+    sweeping and finishing erasures all along) and return its service."""
     system = S3T.open(path)
     try:
         if retrain_policy is not None:
@@ -152,81 +287,197 @@ def app_for_workspace(path: str | Path, retrain_policy: RetrainPolicy | None = N
     except BaseException:
         system.close()
         raise
-    return create_app(system, owns_system=True)
+    return create_app(system, settings, owns_system=True)
 
 
-# ----- reports ---------------------------------------------------------------------------------
-@router.get("/health")
+# ----- errors ----------------------------------------------------------------------------------
+async def _s3t_error(request: Request, exc: Exception) -> S3TJSONResponse:
+    assert isinstance(exc, S3TError)
+    status = status_for(exc)
+    extra: dict[str, Any] = {"ids": exc.ids} if isinstance(exc, UnknownSampleError) else {}
+    if status >= 500 and status != 503:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return S3TJSONResponse(error_body(type(exc).__name__, str(exc), **extra), status, headers)
+
+
+async def _refusal(request: Request, exc: Exception) -> S3TJSONResponse:
+    assert isinstance(exc, _RefusalError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return S3TJSONResponse(error_body(exc.error, exc.detail), exc.status, headers)
+
+
+async def _invalid(request: Request, exc: Exception) -> S3TJSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+        for e in exc.errors()[:5]
+    ]
+    return S3TJSONResponse(error_body("InvalidRequest", "; ".join(problems)), 422)
+
+
+async def _http_error(request: Request, exc: Exception) -> S3TJSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    names = {404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404:
+        detail = f"no route {request.method} {request.url.path}; the API is under /v1 (see /docs)"
+    return S3TJSONResponse(
+        error_body(names.get(exc.status_code, "HTTPError"), detail), exc.status_code
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> S3TJSONResponse:
+    request_id = getattr(request.state, "request_id", "?")
+    log.error(
+        "request %s: %s %s failed", request_id, request.method, request.url.path, exc_info=exc
+    )
+    return S3TJSONResponse(
+        error_body(
+            "InternalError", f"an unexpected error; it is logged under request id {request_id}"
+        ),
+        500,
+        headers={"x-request-id": request_id},
+    )
+
+
+def _too_large(limit: str, value: int, allowed: int) -> LimitError:
+    return LimitError(f"{limit} is {allowed}, the request has {value}")
+
+
+# ----- probes and reports ----------------------------------------------------------------------
+@v1.get("/healthz")
+def healthz() -> dict[str, Any]:
+    """Liveness: the process answers (no token needed; reveals nothing)."""
+    return {"ok": True}
+
+
+@v1.get("/readyz")
+def readyz(state: State) -> S3TJSONResponse:
+    """Readiness: the model is loaded and at least one shard serves (no token needed)."""
+    health = state.system.health()
+    loaded = state.system.model_loaded
+    ready = loaded and health.live_shards > 0
+    body: dict[str, Any] = {
+        "ready": ready,
+        "model_loaded": loaded,
+        "live_shards": health.live_shards,
+    }
+    if not ready:
+        reason = "the model is not loaded yet" if not loaded else "no shard serves a model"
+        body.update(error_body("NotReady", reason))
+    return S3TJSONResponse(body, 200 if ready else 503)
+
+
+@v1.get("/health", dependencies=[_scoped("read")])
 def health(state: State) -> dict[str, Any]:
-    """Whether the service answers, how many shards serve, quarantined stages and pending
-    erasures; reads only the registry."""
+    """Live shards, quarantined stages and pending erasures; reads only the registry."""
     return state.system.health().to_dict()
 
 
-@router.get("/status")
+@v1.get("/status", dependencies=[_scoped("read")])
 def status(state: State) -> dict[str, Any]:
     """Per-shard depths, live shards, deletions so far and deletions left before failure."""
     return state.system.status().to_dict()
 
 
-@router.get("/verify")
+@v1.get("/verify", dependencies=[_scoped("read")])
 def verify(state: State) -> S3TJSONResponse:
     """Recompute every exactness invariant: 200 when none is broken, 409 otherwise."""
     report = state.system.verify()
     return S3TJSONResponse(report.to_dict(), status_code=200 if report.ok else 409)
 
 
-@router.get("/samples")
+@v1.get("/samples", dependencies=[_scoped("read")])
 def samples(
     state: State,
-    shard: Annotated[int | None, Query(ge=0, description="Only this shard.")] = None,
+    shard: Annotated[int | None, Query(ge=0, le=2**31, description="Only this shard.")] = None,
     include_deleted: Annotated[bool, Query(description="Include deleted samples.")] = False,
 ) -> list[dict[str, Any]]:
-    """Sample ids with their shard, slice and deletion time."""
+    """Sample ids with their shard, slice, subject and deletion time."""
     return [s.to_dict() for s in state.system.samples(shard, include_deleted)]
 
 
-@router.get("/audit")
+@v1.get("/audit", dependencies=[_scoped("read")])
 def audit(
     state: State,
-    since: Annotated[int, Query(ge=0, description="Only events after this number.")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Only events after this number.")
+    ] = 0,
 ) -> list[dict[str, Any]]:
-    """The append-only audit log, oldest first."""
+    """The hash-chained, append-only audit log, oldest first."""
     return state.system.audit(since)
 
 
+def metrics(state: State) -> Any:
+    """Prometheus metrics: requests, latency, queue, batches, deletions, shards, retraining."""
+    return state.telemetry.exposition()
+
+
 # ----- serving ---------------------------------------------------------------------------------
-@router.post("/predict")
-def predict(body: PredictRequest, state: State) -> dict[str, Any]:
+@v1.post("/predict", dependencies=[_scoped("predict")])
+async def predict(body: PredictRequest, state: State, http: Request) -> S3TJSONResponse:
     """Labels (or values) from the longest valid prefix of every live shard; 503 when no
-    shard serves."""
-    system = state.system
-    inputs: Any = body.inputs
-    if system.modality == "image":
-        inputs = image_array(body.inputs)
-    return system.predict(inputs, body.aggregate).to_dict()
+    shard serves or the queue is full (with Retry-After)."""
+    settings, system = state.settings, state.system
+    if len(body.inputs) > settings.max_inputs:
+        raise _too_large("max_inputs", len(body.inputs), settings.max_inputs)
+    for i, x in enumerate(body.inputs):
+        for text in x if isinstance(x, list) else [x]:
+            if isinstance(text, str) and len(text) > settings.max_chars:
+                raise LimitError(f"max_chars is {settings.max_chars}, input {i} has {len(text)}")
+    inputs: Any = image_array(body.inputs) if system.modality == "image" else body.inputs
+    request = system.validate_request(inputs, body.aggregate)
+    batcher = state.start_batcher()
+    while True:
+        prediction = await asyncio.wrap_future(batcher.submit(request))
+        with state.fence.lock:  # validated and registered before any later deletion commits
+            if system.still_valid(prediction.served):
+                ticket = state.fence.enter()
+                http.state.fence, http.state.fence_ticket = state.fence, ticket
+                break
+    answer = prediction.to_dict()
+    if settings.labels_only:
+        answer["scores"] = []
+    return S3TJSONResponse(answer, background=BackgroundTask(state.fence.leave, ticket))
 
 
-@router.post("/generate")
+@v1.post("/generate", dependencies=[_scoped("predict")])
 def generate(body: GenerateRequest, state: State) -> dict[str, Any]:
     """Greedy responses of a language-model workspace, and the models that produced each."""
+    settings = state.settings
+    if len(body.prompts) > settings.max_inputs:
+        raise _too_large("max_inputs", len(body.prompts), settings.max_inputs)
+    longest = max((len(p) for p in body.prompts), default=0)
+    if longest > settings.max_chars:
+        raise LimitError(f"max_chars is {settings.max_chars}, a prompt has {longest}")
+    if body.max_new_tokens > settings.max_new_tokens:
+        raise _too_large("max_new_tokens", body.max_new_tokens, settings.max_new_tokens)
     return state.system.generate(body.prompts, body.max_new_tokens).to_dict()
 
 
 # ----- deletion and healing --------------------------------------------------------------------
-@router.post("/forget")
-def forget(body: ForgetRequest, state: State) -> dict[str, Any]:
-    """Forget samples now: exact, and committed to disk before this response is sent."""
-    return state.system.forget(body.ids).to_dict()
+@v1.post("/forget", dependencies=[_scoped("forget")])
+async def forget(body: ForgetRequest, state: State) -> dict[str, Any]:
+    """Forget samples now: exact, committed to disk and erased before this response is
+    sent; every prediction answered before it with a stage it purged is sent first."""
+    if len(body.ids) > state.settings.max_forget_ids:
+        raise _too_large("max_forget_ids", len(body.ids), state.settings.max_forget_ids)
+    receipt = await run_in_threadpool(state.system.forget, body.ids)
+    with state.fence.lock:
+        position = state.fence.position()
+    await state.fence.wait_until_sent(position)
+    state.telemetry.observe_deletion(len(receipt.deleted))
+    return receipt.to_dict()
 
 
-@router.get("/deletions/{request_id}")
+@v1.get("/deletions/{request_id}", dependencies=[_scoped("read")])
 def deletion(request_id: str, state: State) -> dict[str, Any]:
     """The receipt of an earlier deletion request, with its erasure state now."""
     return state.system.receipt(request_id).to_dict()
 
 
-@router.get("/deletions/{request_id}/verify")
+@v1.get("/deletions/{request_id}/verify", dependencies=[_scoped("read")])
 def verify_deletion(
     request_id: str,
     state: State,
@@ -247,7 +498,7 @@ def verify_deletion(
     return S3TJSONResponse(report.to_dict(), status_code=200 if report.ok else 409)
 
 
-@router.post("/retrain")
+@v1.post("/retrain", dependencies=[_scoped("admin")])
 def retrain(body: RetrainRequest, state: State) -> Any:
     """Heal truncated sequences: now (``wait``), or in the background (202)."""
     system = state.system
@@ -277,11 +528,26 @@ def _retrain_in_background(state: ServiceState) -> S3TJSONResponse:
             background.wake()
     policy = background.policy
     return S3TJSONResponse(
-        {
-            "accepted": True,
-            "started": started,
-            "policy": asdict(policy),
-            "due": background.due(),
-        },
+        {"accepted": True, "started": started, "policy": asdict(policy), "due": background.due()},
         status_code=202,
     )
+
+
+# ----- tokens ----------------------------------------------------------------------------------
+@v1.get("/tokens", dependencies=[_scoped("admin")])
+def tokens(state: State) -> list[dict[str, Any]]:
+    """Every access token (never a secret)."""
+    return [t.to_dict() for t in state.system.tokens()]
+
+
+@v1.post("/tokens", dependencies=[_scoped("admin")], status_code=201)
+def create_token(body: TokenRequest, state: State) -> dict[str, Any]:
+    """A new token; its secret is in this answer and nowhere else."""
+    info, secret = state.system.create_token(body.scopes, body.name)
+    return {**info.to_dict(), "token": secret}
+
+
+@v1.delete("/tokens/{token_id}", dependencies=[_scoped("admin")])
+def revoke_token(token_id: str, state: State) -> dict[str, Any]:
+    """Revoke a token now."""
+    return state.system.revoke_token(token_id).to_dict()

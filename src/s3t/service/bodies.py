@@ -49,7 +49,10 @@ class GenerateRequest(_Body):
         examples=[["What is the capital of France?"]],
     )
     max_new_tokens: int = Field(
-        32, ge=1, le=512, description="Most tokens generated per prompt (1..512)."
+        32,
+        ge=1,
+        description="Most tokens generated per prompt (at most the service's max_new_tokens "
+        "and the model's positions).",
     )
 
 
@@ -61,6 +64,17 @@ class ForgetRequest(_Body):
         "If any id is unknown nothing changes and the response is 404 naming them.",
         examples=[["r0007", 42]],
     )
+
+
+class TokenRequest(_Body):
+    """A new access token."""
+
+    scopes: list[Literal["predict", "read", "forget", "admin"]] = Field(
+        description="What the token may do: predict; read (status, samples, audit, receipts, "
+        "verify, metrics); forget; admin (everything, retraining and tokens).",
+        examples=[["predict", "read"]],
+    )
+    name: str = Field("", max_length=100, description="A name to recognise it by.")
 
 
 class RetrainRequest(_Body):
@@ -84,7 +98,7 @@ class S3TJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         """Encode ``content`` compactly as UTF-8 JSON."""
         return json.dumps(
-            jsonable(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            jsonable(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")
         ).encode("utf-8")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from s3t.core.selection import Served
 from s3t.data.examples import Dataset, Examples
 from s3t.engine.settings import Family
 from s3t.errors import DataError, InvalidRequestError, UnknownRequestError
+from s3t.system.access import TokenInfo, authenticate, create_token, list_tokens, revoke_token
 from s3t.system.config import S3TConfig
 from s3t.system.forget import Receipt, forget, stored_receipt
 from s3t.system.maintenance import Janitor
@@ -39,14 +40,16 @@ from s3t.system.reports import (
     compute_status,
     stage_infos,
 )
+from s3t.system.serving.requests import Prediction, PredictRequest
 from s3t.system.store.workspace import Workspace
 from s3t.system.training.background import BackgroundRetrainer, RetrainPolicy
 from s3t.system.verify import VerifyReport, verify, verify_receipt
 
 if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
+    from s3t.system.serving.batcher import Batcher
     from s3t.system.serving.membership import MembershipReport
     from s3t.system.serving.scoring import Evaluator
-    from s3t.system.serving.server import ModelInfo, Prediction, Server
+    from s3t.system.serving.server import ModelInfo, Server
     from s3t.system.training.reference import ReferenceReport
     from s3t.system.training.trainer import EventCallback, Executor, StageOutcome, Trainer
 
@@ -111,6 +114,10 @@ class S3T:
     def model_loaded(self) -> bool:
         """Whether the model is in memory (serving loads it on first use)."""
         return self._server is not None and self._server.loaded
+
+    def load_model(self) -> None:
+        """Load the model into memory now (serving otherwise loads it on first use)."""
+        _ = self._serving.engine
 
     @property
     def _serving(self) -> Server:
@@ -234,6 +241,47 @@ class S3T:
         """Which (shard, sequence, depth) answers requests now; ``budget`` views the system
         as if only each shard's first B sequences had been trained."""
         return self._serving.selection(budget)
+
+    def validate_request(self, inputs: Any, aggregate: str = "mean-logits") -> PredictRequest:
+        """Check a prediction request (inputs and aggregation) without touching the model."""
+        if self.task == "instruction":
+            raise InvalidRequestError("this workspace holds a language model: use generate()")
+        return PredictRequest.parse(self.modality, inputs, aggregate)
+
+    def batcher(
+        self,
+        max_batch: int = 64,
+        max_wait: float = 0.005,
+        max_queued: int = 4096,
+        chunk: int = 32,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> Batcher:
+        """A worker that answers concurrent prediction requests in batches (see
+        :mod:`s3t.system.serving.batcher`); ``stop()`` it when done."""
+        from s3t.system.serving.batcher import Batcher
+
+        return Batcher(self._serving, max_batch, max_wait, max_queued, chunk, on_batch)
+
+    def still_valid(self, served: Sequence[Served]) -> bool:
+        """Whether none of these served stages was purged (or quarantined) since chosen."""
+        return self._serving.still_valid(served)
+
+    # ----- access tokens (the HTTP service's) -----------------------------------------------
+    def create_token(self, scopes: Sequence[str], name: str = "") -> tuple[TokenInfo, str]:
+        """A new access token for the service: its record, and the token (shown once)."""
+        return create_token(self._ws, scopes, name)
+
+    def tokens(self) -> list[TokenInfo]:
+        """Every access token, revoked ones included (never a secret)."""
+        return list_tokens(self._ws)
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        """Revoke an access token (by id, or by a unique name) now."""
+        return revoke_token(self._ws, token_id)
+
+    def authenticate(self, token: str) -> TokenInfo | None:
+        """The record of a valid, unrevoked token (constant-time check), else ``None``."""
+        return authenticate(self._ws, token)
 
     def served_depths(self, budget: int | None = None) -> dict[int, int]:
         """Every shard's served depth now (0 = dead), optionally in a budget-B view."""

@@ -3,7 +3,7 @@ read of the registry. Every result has ``to_dict()`` for JSON."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,6 +16,12 @@ class _Json:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return cast(dict[str, Any], _plain(asdict(self)))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Rebuild from :meth:`to_dict` output (keys that are not fields are ignored)."""
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def _plain(value: Any) -> Any:
@@ -58,6 +64,14 @@ class Status(_Json):
     quarantined: list[str] = field(default_factory=list)
     erasures_pending: int = 0
     background: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Status:
+        """Rebuild a status from :meth:`to_dict` output."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["shards"] = [ShardStatus.from_dict(s) for s in data.get("shards", [])]
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,15 @@ class Generation(_Json):
 
     outputs: list[str]
     served: list[list[Served]]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Generation:
+        """Rebuild a generation from :meth:`to_dict` output."""
+        served = [
+            [Served(s["shard"], s["seq"], s["depth"], tuple(s["artifacts"])) for s in one]
+            for one in data.get("served", [])
+        ]
+        return cls(list(data["outputs"]), served)
 
 
 def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:

@@ -68,6 +68,17 @@ class VerifyReport:
         """Record a violation."""
         self.violations.append(Violation(check, detail))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerifyReport:
+        """Rebuild a report from :meth:`to_dict` output."""
+        return cls(
+            checked=dict(data.get("checked", {})),
+            violations=[Violation(v["check"], v["detail"]) for v in data.get("violations", [])],
+            pending=list(data.get("pending", [])),
+            chain_head=data.get("chain_head", GENESIS),
+            chain_seq=int(data.get("chain_seq", 0)),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {

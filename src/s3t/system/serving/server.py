@@ -25,30 +25,13 @@ from s3t.engine.blocks import BlockModel, State
 from s3t.engine.features import FeatureStore, plan_batches
 from s3t.engine.loading import load_backbone
 from s3t.errors import ArtifactError, InvalidRequestError, ServiceUnavailableError
+from s3t.system.serving.requests import Prediction, PredictRequest
 from s3t.system.store.workspace import Workspace
 
-AGGREGATIONS = ("mean-logits", "mean-probs", "vote")
+#: characters of a text kept per token of max_length, before tokenisation
+CHARS_PER_TOKEN = 128
 _ATTEMPTS = 20  # selections tried per request (each retry follows a purge or a quarantine)
 T = TypeVar("T")
-
-
-@dataclass
-class Prediction:
-    """Predictions for a batch of inputs and which models produced them."""
-
-    labels: list[Any]
-    scores: list[list[float]]
-    served: list[Served]
-    aggregate: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return {
-            "labels": self.labels,
-            "scores": self.scores,
-            "aggregate": self.aggregate,
-            "served": [asdict(s) for s in self.served],
-        }
 
 
 @dataclass(frozen=True)
@@ -215,19 +198,53 @@ class Server:
     ) -> Prediction:
         """Predict labels (or values, for regression) for raw inputs: texts, (text, pair)
         tuples, or an image array (n, H, W[, C])."""
-        if aggregate not in AGGREGATIONS:
-            raise InvalidRequestError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        return self.predict_many([self.request(inputs, aggregate)], batch_size)[0]
+
+    def request(self, inputs: Any, aggregate: str = "mean-logits") -> PredictRequest:
+        """Validate a prediction request without touching the model."""
         if self.ws.task == "instruction":
             raise InvalidRequestError("this workspace holds a language model: use generate()")
-        store = self._store_for(inputs)
+        return PredictRequest.parse(self.ws.modality, inputs, aggregate)
+
+    def predict_many(
+        self, requests: Sequence[PredictRequest], batch_size: int = 64
+    ) -> list[Prediction]:
+        """Answer several validated requests of one kind with one pass per served model:
+        the same models (one consistent choice) answer all of them."""
+        if not requests:
+            return []
+        kinds = {r.kind for r in requests}
+        if len(kinds) != 1:
+            raise InvalidRequestError(f"requests of one kind only, got {sorted(kinds)}")
+        store = self._store_for(requests)
         served, logits = self.shard_logits(store, batch_size)
-        labels, scores = aggregate_logits(list(logits.values()), aggregate, self.ws.task)
-        names = self.ws.label_names
-        if self.ws.task == "classification" and names:
-            shown: list[Any] = [names[i] for i in labels]
-        else:
-            shown = list(labels)
-        return Prediction(shown, scores.tolist(), served, aggregate)
+        out, start = [], 0
+        for r in requests:
+            rows = slice(start, start + len(r))
+            start += len(r)
+            part = [logits[s.shard][rows] for s in served]
+            labels, scores = aggregate_logits(part, r.aggregate, self.ws.task)
+            names = self.ws.label_names
+            if self.ws.task == "classification" and names:
+                shown: list[Any] = [names[i] for i in labels]
+            else:
+                shown = list(labels)
+            out.append(Prediction(shown, scores.tolist(), served, r.aggregate))
+        return out
+
+    def _store_for(self, requests: Sequence[PredictRequest]) -> FeatureStore:
+        backbone = self.engine.backbone
+        n = sum(len(r) for r in requests)
+        ids = [str(i) for i in range(n)]
+        if requests[0].kind == "image":
+            images = np.concatenate([np.asarray(r.images) for r in requests])
+            return FeatureStore(backbone, ids, image=images)
+        # a text is cut before tokenisation: characters past this bound could not fit in
+        # max_length tokens anyway (a token covers at most ~100 characters of a word)
+        bound = CHARS_PER_TOKEN * backbone.spec.max_length
+        texts = [t[:bound] for r in requests for t in r.texts or ()]
+        pairs = [t[:bound] for r in requests for t in r.pairs or ()] if requests[0].pairs else None
+        return FeatureStore(backbone, ids, text=texts, text_pair=pairs)
 
     def export(self, shard: int, out: Path) -> tuple[Served, Path]:
         """Write the model ``shard`` serves now as a PEFT adapter folder (chosen again if a
@@ -265,45 +282,6 @@ class Server:
             parameters=sum(p.numel() for p in base),
             parameter_bytes=sum(p.numel() * p.element_size() for p in base),
             positions=model_positions(engine),
-        )
-
-    def _store_for(self, inputs: Any) -> FeatureStore:
-        backbone = self.engine.backbone
-        if self.ws.modality == "image":
-            try:
-                images = np.asarray(inputs)
-            except ValueError as exc:
-                raise InvalidRequestError(f"image inputs must all have one shape: {exc}") from None
-            if images.ndim not in (3, 4) or len(images) == 0:
-                raise InvalidRequestError(
-                    f"image inputs must be a non-empty array (n, H, W[, C]), got shape {images.shape}"
-                )
-            return FeatureStore(backbone, [str(i) for i in range(len(images))], image=images)
-        if isinstance(inputs, str) or not isinstance(inputs, Sequence) or len(inputs) == 0:
-            raise InvalidRequestError(
-                "text inputs must be a non-empty list of strings (or of (text, pair) tuples)"
-            )
-        for i, x in enumerate(inputs):
-            for text in x if isinstance(x, (tuple, list)) else [x]:
-                if isinstance(text, str) and not _is_unicode(text):
-                    raise InvalidRequestError(
-                        f"input {i} is not valid Unicode text (it holds an unpaired surrogate)"
-                    )
-        if all(isinstance(x, str) for x in inputs):
-            return FeatureStore(backbone, [str(i) for i in range(len(inputs))], text=list(inputs))
-        if all(
-            isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(y, str) for y in x)
-            for x in inputs
-        ):
-            return FeatureStore(
-                backbone,
-                [str(i) for i in range(len(inputs))],
-                text=[x[0] for x in inputs],
-                text_pair=[x[1] for x in inputs],
-            )
-        bad = next(x for x in inputs if not isinstance(x, str))
-        raise InvalidRequestError(
-            f"text inputs must be strings or (text, pair) tuples, got {bad!r}"
         )
 
     def generate(
@@ -359,14 +337,6 @@ class Server:
                 new.append(token)
                 ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
         return str(tokenizer.decode(new, skip_special_tokens=True))
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def model_positions(engine: BlockModel) -> int:

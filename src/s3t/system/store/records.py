@@ -130,3 +130,15 @@ class Snapshot:
     events: list[AuditEvent]
     deletions: dict[str, dict[str, Any]]  # request id -> stored receipt
     pending_erasures: dict[str, float]  # request id -> since
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """An access token of the HTTP service (its secret is stored only as a sha256)."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    secret_sha256: str
+    created: float
+    revoked: float | None

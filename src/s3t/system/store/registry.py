@@ -32,6 +32,7 @@ from s3t.system.store.records import (
     SequenceRow,
     Snapshot,
     StageRecord,
+    TokenRow,
     Truncation,
 )
 from s3t.system.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, chain_hash, statements
@@ -646,6 +647,52 @@ class Registry:
                     self.db.execute(f"DELETE FROM erasures WHERE request_id IN ({marks})", chunk)
                 self.audit("erasure-completed", {"requests": done})
         return done
+
+    # ----- tokens ------------------------------------------------------------------------------
+    def add_token(self, token: TokenRow) -> None:
+        """Store a new access token (hashed) and log it (never the secret)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, NULL)",
+                (
+                    token.id,
+                    token.name,
+                    json.dumps(list(token.scopes)),
+                    token.secret_sha256,
+                    token.created,
+                ),
+            )
+            self.audit(
+                "token-created", {"id": token.id, "name": token.name, "scopes": list(token.scopes)}
+            )
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a token now; False if there is no such active token."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE tokens SET revoked=? WHERE id=? AND revoked IS NULL",
+                (time.time(), token_id),
+            )
+            if cursor.rowcount:
+                self.audit("token-revoked", {"id": token_id})
+            return bool(cursor.rowcount)
+
+    def tokens(self) -> list[TokenRow]:
+        """Every token, revoked ones included, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, name, scopes, secret_sha256, created, revoked FROM tokens ORDER BY created, id"
+        )
+        return [TokenRow(i, n, tuple(json.loads(s)), h, c, r) for i, n, s, h, c, r in rows]
+
+    def token(self, token_id: str) -> TokenRow | None:
+        """One token by id (``None`` if unknown)."""
+        row = self.db.execute(
+            "SELECT id, name, scopes, secret_sha256, created, revoked FROM tokens WHERE id=?",
+            (token_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return TokenRow(row[0], row[1], tuple(json.loads(row[2])), row[3], row[4], row[5])
 
     # ----- audit -------------------------------------------------------------------------------
     def audit(self, event: str, detail: dict[str, Any], at: float | None = None) -> tuple[int, str]:

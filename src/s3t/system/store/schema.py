@@ -2,8 +2,8 @@
 
 Version 2 (this one) keeps no fingerprint of any sample's content (version 1 kept an
 unsalted sha256 of every sample, a membership oracle once the sample was forgotten),
-chains the audit log by hash, records pending erasures, quarantined stages and data
-subjects.
+chains the audit log by hash, records pending erasures, quarantined stages, data subjects
+and the service's access tokens (hashed).
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ CREATE TABLE deletions (
     receipt TEXT NOT NULL, chain_seq INTEGER NOT NULL
 );
 CREATE TABLE erasures (request_id TEXT PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, secret_sha256 TEXT NOT NULL,
+    created REAL NOT NULL, revoked REAL
+) WITHOUT ROWID;
 CREATE TABLE audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, event TEXT NOT NULL,
     detail TEXT NOT NULL, hash TEXT NOT NULL
@@ -104,6 +108,10 @@ def _v1_to_v2(db: sqlite3.Connection) -> None:
         db.execute(f"ALTER TABLE artifacts ADD COLUMN {column}")
     db.execute("ALTER TABLE deletions ADD COLUMN chain_seq INTEGER NOT NULL DEFAULT 0")
     db.execute("CREATE TABLE erasures (request_id TEXT PRIMARY KEY, since REAL NOT NULL)")
+    db.execute(
+        "CREATE TABLE tokens (id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, "
+        "secret_sha256 TEXT NOT NULL, created REAL NOT NULL, revoked REAL) WITHOUT ROWID"
+    )
     db.execute("DROP TRIGGER audit_append_only_update")
     db.execute("DROP TRIGGER audit_append_only_delete")
     db.execute("ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
