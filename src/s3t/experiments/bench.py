@@ -4,7 +4,9 @@
   pipeline and by our engine (samples/s, ratio, test accuracy of both);
 - forget: latency of single-id deletion requests (p50/p99) next to what SISA would spend
   on the same request (retraining the affected sequence from its last valid stage);
-- simulation: Monte Carlo speed of the deletion-rate simulator.
+- simulation: Monte Carlo speed of the deletion-rate simulator;
+- service: the live HTTP service under 16 concurrent clients vs one at a time vs
+  in-process batches (:mod:`s3t.experiments.bench_service`).
 """
 
 from __future__ import annotations
@@ -176,6 +178,9 @@ def run_all(out: Path, quick: bool = False, say: Say = print) -> dict[str, Any]:
         work, 300 if quick else 2000, 3, 1 if quick else 2, 1e-3, say
     )
     results["forget"] = bench_forget(work, 300 if quick else 1500, 50 if quick else 300, say)
+    from s3t.experiments.bench_service import bench_service
+
+    results["service"] = bench_service(work, quick, say)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     shutil.rmtree(work, ignore_errors=True)
@@ -216,5 +221,34 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"{s['trials']:,} trials of m=5, L=6, B=6 in {s['seconds']} s (δ = {s['delta_mean']}, theory {s['delta_theory']}).",
             "",
+            *_service_markdown(results["service"]),
         ]
     )
+
+
+def _service_markdown(v: dict[str, Any]) -> list[str]:
+    rows = []
+    for label, run in (
+        ("16 concurrent clients", v["concurrent"]),
+        ("one at a time", v["one_at_a_time"]),
+    ):
+        for route in ("predict", "status", "forget"):
+            r = run["routes"][route]
+            rows.append(
+                f"| {label} | {route} | {r['requests']} | {r['requests_per_second']} | {r['p50_ms']} | {r['p99_ms']} |"
+            )
+    m, p = v["memory"], v["in_process"]
+    return [
+        "## The HTTP service (`s3t serve`, a real process)",
+        "",
+        f"{v['model']}; each run {v['seconds_per_run']} s: per client eight one-input predictions then a status, plus one client forgetting a sample every 0.5 s.",
+        "",
+        "| clients | route | requests | per second | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"In-process `S3T.predict` in the same run: {p['batch32_inputs_per_second']} inputs/s on batches of 32, {p['single_inputs_per_second']} one at a time.",
+        f"Served predictions reach **{v['predict_vs_in_process_batch32']}×** the in-process batch-32 throughput and **{v['predict_vs_one_at_a_time']}×** one-at-a-time serving; server errors: {v['concurrent']['errors_5xx']} (concurrent), {v['one_at_a_time']['errors_5xx']} (one at a time).",
+        f"Server memory: {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after a client streamed a {m['body_mb']} MB body (answered {m['status']}).",
+        "",
+    ]
