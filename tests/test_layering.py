@@ -12,7 +12,7 @@ SRC = Path(__file__).parents[1] / "src" / "s3t"
 
 ALLOWED = {
     "core": {"core", "errors", "extras"},
-    "data": {"data", "errors", "extras"},
+    "data": {"data", "core", "errors", "extras"},
     "report": {"report", "errors", "extras"},
     "engine": {"engine", "core", "data", "errors", "extras"},
     "system": {"system", "engine", "core", "data", "errors", "extras"},

@@ -12,6 +12,7 @@ these classes to status codes in a single table (``s3t.service.app.ERROR_STATUS`
     ├── ModelError (ValueError)             a model s3t cannot train (no transformer layers)
     ├── InvalidRequestError (ValueError)    an empty or malformed request (forget / predict)
     ├── UnknownSampleError (KeyError)       sample ids the workspace never held
+    ├── UnknownSubjectError (KeyError)      data subjects the workspace never held
     ├── UnknownRequestError (KeyError)      a deletion request id the workspace never issued
     ├── UnknownTokenError (KeyError)        an access token the workspace does not hold
     ├── AccessDeniedError (PermissionError) a service refused the token (client side)
@@ -70,6 +71,22 @@ class UnknownSampleError(S3TError, KeyError):
         )
 
     def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class UnknownSubjectError(S3TError, KeyError):
+    """Data subjects that the workspace never held. Carries them in ``.subjects``."""
+
+    def __init__(self, subjects: Iterable[str]) -> None:
+        self.subjects = sorted(subjects)
+        shown = ", ".join(repr(s) for s in self.subjects[:10])
+        more = f" (and {len(self.subjects) - 10} more)" if len(self.subjects) > 10 else ""
+        super().__init__(
+            f"unknown subject(s): {shown}{more}; nothing was changed. "
+            "List subjects with `s3t samples --json`."
+        )
+
+    def __str__(self) -> str:
         return str(self.args[0])
 
 

@@ -9,8 +9,14 @@ into contiguous runs of increasing risk instead, so risky samples share slices (
 distribution-aware sharding) and every slice gets a deletion prior that sequence selection
 can use to put risky slices late.
 
-A layout never moves a sample once placed: :meth:`Layout.add` puts new samples into the
-smallest shard and slice, :meth:`Layout.remove` only takes samples out.
+With data subjects (the people samples belong to), a subject's samples are kept together:
+all in one shard, and in one slice whenever the subject fits (see
+:func:`s3t.core.subjects.place_subjects`), so that one person's deletion request cuts one
+sequence position of one shard instead of many.
+
+A layout never moves a sample once placed: :meth:`Layout.add` puts new samples next to
+their subject's, or into the smallest shard and slice; :meth:`Layout.remove` only takes
+samples out.
 """
 
 from __future__ import annotations
@@ -62,7 +68,8 @@ class Layout:
     """Where every sample lives, and each slice's deletion prior.
 
     ``assignment`` maps sample id → (shard, slice). ``risk`` holds the per-sample deletion
-    risk scores when they were given (empty otherwise).
+    risk scores when they were given (empty otherwise); ``subjects`` each sample's data
+    subject when they were given (empty: every sample is its own subject).
     """
 
     shards: int
@@ -70,10 +77,27 @@ class Layout:
     seed: int
     assignment: Mapping[SampleId, tuple[int, int]]
     risk: Mapping[SampleId, float] = field(default_factory=dict)
+    subjects: Mapping[SampleId, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "assignment", MappingProxyType(dict(self.assignment)))
         object.__setattr__(self, "risk", MappingProxyType(dict(self.risk)))
+        object.__setattr__(self, "subjects", MappingProxyType(dict(self.subjects)))
+
+    def subject_of(self, sid: SampleId) -> str:
+        """The data subject of a sample (the sample itself when none was given)."""
+        return self.subjects.get(sid, sid)
+
+    def subject_cells(self) -> dict[str, set[tuple[int, int]]]:
+        """Every subject's (shard, slice) cells."""
+        out: dict[str, set[tuple[int, int]]] = {}
+        for sid, cell in self.assignment.items():
+            out.setdefault(self.subject_of(sid), set()).add(cell)
+        return out
+
+    def split_subjects(self) -> dict[str, int]:
+        """Subjects too large to keep in one slice: subject -> how many cells hold them."""
+        return {s: len(c) for s, c in self.subject_cells().items() if len(c) > 1}
 
     def __len__(self) -> int:
         return len(self.assignment)
@@ -128,9 +152,11 @@ class Layout:
         ids: Iterable[object],
         labels: Sequence[Hashable] | np.ndarray | None = None,
         risk: Sequence[float] | np.ndarray | None = None,
+        subjects: Sequence[object] | None = None,
     ) -> Layout:
-        """Return a layout with new samples placed, each into the currently smallest shard
-        (lowest index on ties) and its smallest slice; no existing sample moves."""
+        """Return a layout with new samples placed: next to their subject's samples (the
+        cell holding most of them) when the subject is known, else into the currently
+        smallest shard (lowest index on ties) and its smallest slice; no sample moves."""
         new = _validated_ids(ids)
         clash = sorted(set(new) & set(self.assignment))
         if clash:
@@ -138,17 +164,27 @@ class Layout:
         scores = _validated_risk(risk, len(new))
         if labels is not None and len(labels) != len(new):
             raise PartitionError(f"got {len(labels)} labels for {len(new)} ids")
+        owners = _validated_subjects(subjects, new)
+        homes: dict[str, Counter[tuple[int, int]]] = {}
+        for sid, cell in self.assignment.items():
+            homes.setdefault(self.subject_of(sid), Counter())[cell] += 1
         sizes = self.slice_sizes()
         assignment = dict(self.assignment)
         for sid in sorted(new, key=lambda x: _rank_key(self.seed, x)):
-            k = int(np.argmin(sizes.sum(axis=1)))
-            s = int(np.argmin(sizes[k]))
+            owner = owners.get(sid, sid)
+            if owner in homes:
+                k, s = min(homes[owner], key=lambda c: (-homes[owner][c], c))
+            else:
+                k = int(np.argmin(sizes.sum(axis=1)))
+                s = int(np.argmin(sizes[k]))
             assignment[sid] = (k, s)
+            homes.setdefault(owner, Counter())[(k, s)] += 1
             sizes[k, s] += 1
         new_risk = dict(self.risk)
         if scores is not None:
             new_risk.update(zip(new, scores.tolist(), strict=True))
-        return Layout(self.shards, self.slices, self.seed, assignment, new_risk)
+        new_subjects = dict(self.subjects) | {s: o for s, o in owners.items() if o != s}
+        return Layout(self.shards, self.slices, self.seed, assignment, new_risk, new_subjects)
 
     def remove(self, ids: Iterable[object]) -> Layout:
         """Return a layout without the given samples; every other sample stays put."""
@@ -158,7 +194,8 @@ class Layout:
             raise UnknownSampleError(unknown)
         assignment = {k: v for k, v in self.assignment.items() if k not in gone}
         risk = {k: v for k, v in self.risk.items() if k not in gone}
-        return Layout(self.shards, self.slices, self.seed, assignment, risk)
+        subjects = {k: v for k, v in self.subjects.items() if k not in gone}
+        return Layout(self.shards, self.slices, self.seed, assignment, risk, subjects)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready form of the layout."""
@@ -168,6 +205,7 @@ class Layout:
             "seed": self.seed,
             "assignment": {k: list(v) for k, v in sorted(self.assignment.items())},
             "risk": dict(sorted(self.risk.items())),
+            "subjects": dict(sorted(self.subjects.items())),
         }
 
     @classmethod
@@ -179,6 +217,7 @@ class Layout:
             seed=int(data["seed"]),
             assignment={k: (int(v[0]), int(v[1])) for k, v in data["assignment"].items()},
             risk={k: float(v) for k, v in data.get("risk", {}).items()},
+            subjects={k: str(v) for k, v in data.get("subjects", {}).items()},
         )
 
 
@@ -189,12 +228,15 @@ def partition(
     seed: int = 0,
     labels: Sequence[Hashable] | np.ndarray | None = None,
     risk: Sequence[float] | np.ndarray | None = None,
+    subjects: Sequence[object] | None = None,
 ) -> Layout:
     """Assign every id to one (shard, slice).
 
     ``labels`` (one per id) stratify by class; ``risk`` (one non-negative score per id)
-    groups high-risk samples into the same slices. Raises :class:`PartitionError` for
-    duplicate ids, counts below 1, or fewer samples in a shard than slices.
+    groups high-risk samples into the same slices; ``subjects`` (one data subject per id)
+    keeps each subject's samples in one shard and as few slices as balance allows (labels
+    are then not used). Raises :class:`PartitionError` for duplicate ids, counts below 1,
+    or fewer samples in a shard than slices.
     """
     if not isinstance(shards, int) or shards < 1:
         raise PartitionError(f"shards must be an integer >= 1, got {shards!r}")
@@ -215,6 +257,13 @@ def partition(
         {k: str(lab) for k, lab in zip(keys, labels, strict=True)} if labels is not None else {}
     )
     risk_of = dict(zip(keys, scores.tolist(), strict=True)) if scores is not None else {}
+    owners = _validated_subjects(subjects, keys)
+    if owners and len(set(owners.values())) < len(keys):  # a subject holds several samples
+        from s3t.core.subjects import place_subjects
+
+        placed = place_subjects(keys, owners, shards, slices, seed, risk_of)
+        named = {s: o for s, o in owners.items() if o != s}
+        return Layout(shards, slices, seed, placed, risk_of, named)
 
     def order(group: Iterable[SampleId], by_risk: bool) -> list[SampleId]:
         return sorted(
@@ -253,6 +302,24 @@ def _validated_ids(ids: Iterable[object]) -> list[SampleId]:
         dupes = sorted(k for k, count in Counter(keys).items() if count > 1)
         raise PartitionError(f"duplicate sample ids: {dupes[:10]!r} ({len(dupes)} in all)")
     return keys
+
+
+def _validated_subjects(
+    subjects: Sequence[object] | None, keys: list[SampleId]
+) -> dict[SampleId, str]:
+    if subjects is None:
+        return {}
+    if len(subjects) != len(keys):
+        raise PartitionError(f"got {len(subjects)} subjects for {len(keys)} ids")
+    out = {}
+    for sid, subject in zip(keys, subjects, strict=True):
+        if subject is None or subject == "":
+            out[sid] = sid  # a sample without a subject is its own subject
+        elif isinstance(subject, (str, int, np.integer)) and not isinstance(subject, bool):
+            out[sid] = str(subject)
+        else:
+            raise PartitionError(f"subjects must be str or int, got {subject!r} for sample {sid!r}")
+    return out
 
 
 def _validated_risk(risk: Sequence[float] | np.ndarray | None, n: int) -> np.ndarray | None:

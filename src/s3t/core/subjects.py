@@ -1,0 +1,285 @@
+"""Data subjects: the people samples belong to. Deletion requests come from people, and a
+person's request covers every sample they contributed.
+
+Placement (:func:`place_subjects`) keeps a subject's samples together: one shard, and one
+slice whenever the subject fits, so that a subject's deletion truncates sequences at one
+position of one shard. Subjects are packed largest first into the emptiest shard, then
+into the emptiest slice of it (longest-processing-time packing), which bounds imbalance:
+shard sizes differ by at most the largest subject piece, and slice sizes within a shard
+too. A subject larger than a shard's share (n/m) is split across shards, one larger than
+a slice's share across slices (the layout reports them). With risk scores, each shard's
+subjects are laid out in order of increasing risk instead (risky subjects in late slices,
+which BMS then puts late in the sequences). Everything is a pure function of the ids, the
+subjects, the seed and the scores.
+
+The simulator (:func:`simulate_subjects`) draws deletion streams per subject: each
+request is one subject (uniformly) and hits every cell that holds one of its samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3t.core.sequences import Perm
+from s3t.errors import ConfigError
+
+SIZE_DISTRIBUTIONS = ("zipf", "lognormal")
+
+
+def _key(seed: int, name: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(f"{seed}\x1e{name}".encode(), digest_size=8).digest(), "big"
+    )
+
+
+def place_subjects(
+    ids: Sequence[str],
+    subject_of: Mapping[str, str],
+    shards: int,
+    slices: int,
+    seed: int = 0,
+    risk: Mapping[str, float] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Assign every id to one (shard, slice), keeping subjects together (module docstring)."""
+    groups: dict[str, list[str]] = {}
+    for sid in ids:
+        groups.setdefault(subject_of.get(sid, sid), []).append(sid)
+    for members in groups.values():
+        members.sort(key=lambda s: _key(seed, s))
+    subject_risk = {
+        g: sum((risk or {}).get(s, 0.0) for s in members) / len(members)
+        for g, members in groups.items()
+    }
+    shard_cap = math.ceil(len(ids) / shards)
+    pieces = [
+        (g, members[i : i + shard_cap])
+        for g, members in groups.items()
+        for i in range(0, len(members), shard_cap)
+    ]
+    pieces.sort(key=lambda p: (-len(p[1]), _key(seed, p[0]), p[1][0]))
+    load = [0] * shards
+    per_shard: list[list[tuple[str, list[str]]]] = [[] for _ in range(shards)]
+    for piece in pieces:
+        k = min(range(shards), key=lambda i: (load[i], i))
+        per_shard[k].append(piece)
+        load[k] += len(piece[1])
+    assignment: dict[str, tuple[int, int]] = {}
+    for k, mine in enumerate(per_shard):
+        slice_cap = max(1, math.ceil(load[k] / slices))
+        parts = [
+            (g, members[i : i + slice_cap])
+            for g, members in mine
+            for i in range(0, len(members), slice_cap)
+        ]
+        if risk:
+            _by_risk(parts, subject_risk, slices, load[k], seed, k, assignment)
+        else:
+            _balanced(parts, slices, seed, k, assignment)
+    return assignment
+
+
+def _balanced(
+    parts: list[tuple[str, list[str]]],
+    slices: int,
+    seed: int,
+    shard: int,
+    assignment: dict[str, tuple[int, int]],
+) -> None:
+    load = [0] * slices
+    for _, members in sorted(parts, key=lambda p: (-len(p[1]), _key(seed, p[0]), p[1][0])):
+        s = min(range(slices), key=lambda i: (load[i], i))
+        load[s] += len(members)
+        for sid in members:
+            assignment[sid] = (shard, s)
+
+
+def _by_risk(
+    parts: list[tuple[str, list[str]]],
+    risk: Mapping[str, float],
+    slices: int,
+    total: int,
+    seed: int,
+    shard: int,
+    assignment: dict[str, tuple[int, int]],
+) -> None:
+    """Contiguous runs of increasing risk: each part goes to the slice holding its midpoint."""
+    done = 0
+    for _, members in sorted(parts, key=lambda p: (risk[p[0]], _key(seed, p[0]), p[1][0])):
+        middle = done + len(members) / 2
+        s = min(slices - 1, int(middle * slices / max(total, 1)))
+        done += len(members)
+        for sid in members:
+            assignment[sid] = (shard, s)
+
+
+def subject_sizes(
+    samples: int, mean: float = 5.0, distribution: str = "zipf", seed: int = 0
+) -> np.ndarray:
+    """Sizes of data subjects that together hold ``samples`` samples, drawn (seeded) from a
+    heavy-tailed distribution with about the given mean: ``zipf`` (a discrete power law on
+    1..50·mean, its exponent fitted to the mean) or ``lognormal`` (sigma 1)."""
+    if distribution not in SIZE_DISTRIBUTIONS:
+        raise ConfigError(f"distribution must be one of {SIZE_DISTRIBUTIONS}, got {distribution!r}")
+    if mean < 1 or samples < 1:
+        raise ConfigError(f"mean must be >= 1 and samples >= 1, got {mean!r}, {samples!r}")
+    rng = np.random.default_rng(seed)
+    values = np.arange(1, min(samples, int(50 * mean)) + 1, dtype=np.float64)
+    p = np.full(len(values), 1.0 / len(values))
+    if distribution == "zipf":
+        low, high = 1.01, 6.0  # the exponent whose truncated mean is ``mean``
+        for _ in range(60):
+            a = (low + high) / 2
+            p = values**-a
+            if (values * p).sum() / p.sum() > mean:
+                low = a
+            else:
+                high = a
+        p = values**-a
+        p /= p.sum()
+    mu = math.log(max(mean, 1.0)) - 0.5  # lognormal with sigma 1 and this mean
+
+    def draw(n: int) -> np.ndarray:
+        if distribution == "zipf":
+            return np.asarray(rng.choice(values, size=n, p=p), dtype=np.int64)
+        return np.asarray(np.maximum(1, np.rint(rng.lognormal(mu, 1.0, n))), dtype=np.int64)
+
+    sizes: list[int] = []
+    total = 0
+    while total < samples:
+        for size in draw(max(16, int((samples - total) / mean) + 1)).tolist():
+            size = min(int(size), samples - total)
+            if size <= 0:
+                break
+            sizes.append(size)
+            total += size
+    return np.asarray(sizes, dtype=np.int64)
+
+
+def subject_ids(sizes: Sequence[int]) -> list[str]:
+    """One subject name per sample, for subjects of the given sizes (subject ``p<i>``)."""
+    return [f"p{i}" for i, size in enumerate(sizes) for _ in range(int(size))]
+
+
+@dataclass(frozen=True)
+class SubjectStreams:
+    """Deletion streams in subject requests for one layout: δ per trial (requests until
+    every shard lost every model) and mean served depth after r requests."""
+
+    deltas: np.ndarray
+    depth_curve: np.ndarray
+    live_curve: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        """Mean δ in subject requests."""
+        return float(self.deltas.mean())
+
+    @property
+    def ci95(self) -> float:
+        """Half-width of the 95% confidence interval of :attr:`mean`."""
+        n = len(self.deltas)
+        return float(1.96 * self.deltas.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+    def depth_after(self, r: int) -> float:
+        """Mean served depth per shard after r subject requests."""
+        return float(self.depth_curve[min(r, len(self.depth_curve) - 1)])
+
+
+def simulate_subjects(
+    cells: Sequence[Sequence[tuple[int, int]]],
+    sequences: Sequence[Sequence[Perm]],
+    trials: int = 1000,
+    seed: int = 0,
+    horizon: int | None = None,
+) -> SubjectStreams:
+    """Simulate deletion streams in which each request is one subject, drawn uniformly
+    without replacement; ``cells[i]`` are the (shard, slice) cells of subject i's samples,
+    ``sequences[k]`` shard k's sequences."""
+    from s3t.core.simulate import loss_times
+
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials!r}")
+    shards, slices = len(sequences), len(sequences[0][0])
+    subjects = len(cells)
+    rows = np.asarray([i for i, c in enumerate(cells) for _ in c], dtype=np.int64)
+    flat = np.asarray([k * slices + s for c in cells for k, s in c], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    never = subjects + 1
+    first = np.empty((trials, shards, slices), dtype=np.int64)
+    for t in range(trials):
+        order = rng.permutation(subjects) + 1  # request number of each subject, 1-based
+        hit = np.full(shards * slices, never, dtype=np.int64)
+        np.minimum.at(hit, flat, order[rows])
+        first[t] = hit.reshape(shards, slices)
+    levels = loss_times(first, [list(map(tuple, s)) for s in sequences], "s3t")
+    deltas = levels[:, :, 0].max(axis=1)
+    if horizon is None:
+        horizon = int(np.ceil(2 * deltas.mean())) + 1
+    counts = np.bincount(np.minimum(levels, horizon + 1).ravel(), minlength=horizon + 2)
+    alive = counts[::-1].cumsum()[::-1]
+    live = np.bincount(np.minimum(levels[:, :, 0], horizon + 1).ravel(), minlength=horizon + 2)
+    return SubjectStreams(
+        deltas=deltas.astype(np.float64),
+        depth_curve=(alive[1 : horizon + 2] / (trials * shards)).astype(np.float64),
+        live_curve=(live[::-1].cumsum()[::-1][1 : horizon + 2] / trials).astype(np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class PartitioningComparison:
+    """Subject-aware vs subject-oblivious partitioning of the same samples and subjects."""
+
+    aware: SubjectStreams
+    oblivious: SubjectStreams
+    subjects: int
+    samples: int
+    mean_subject_size: float
+    largest_subject: int
+    split_subjects: int
+    sample_theory: float  # δ in *sample* requests under a uniform prior (closed form)
+
+
+def compare_partitioning(
+    sizes: Sequence[int],
+    shards: int,
+    slices: int,
+    budget: int,
+    trials: int = 1000,
+    seed: int = 0,
+    method: str = "cyclic",
+) -> PartitioningComparison:
+    """Place subjects of the given sizes both ways and simulate subject deletion streams."""
+    from s3t.core.partition import partition
+    from s3t.core.sequences import select_sequences
+    from s3t.core.simulate import theoretical_delta
+
+    owners = subject_ids(sizes)
+    ids = [f"s{i}" for i in range(len(owners))]
+    sequences = [select_sequences(method, slices, budget, seed=seed + k) for k in range(shards)]
+    results = {}
+    split = 0
+    for name, subjects in (("aware", owners), ("oblivious", None)):
+        layout = partition(ids, shards, slices, seed=seed, subjects=subjects)
+        cells: dict[str, set[tuple[int, int]]] = {}
+        for sid, owner in zip(ids, owners, strict=True):
+            cells.setdefault(owner, set()).add(layout.assignment[sid])
+        if subjects is not None:
+            split = len(layout.split_subjects())
+        results[name] = simulate_subjects(
+            [sorted(c) for c in cells.values()], sequences, trials, seed
+        )
+    return PartitioningComparison(
+        aware=results["aware"],
+        oblivious=results["oblivious"],
+        subjects=len(sizes),
+        samples=int(sum(sizes)),
+        mean_subject_size=float(np.mean(sizes)),
+        largest_subject=int(max(sizes)),
+        split_subjects=split,
+        sample_theory=theoretical_delta(shards, slices, budget),
+    )
