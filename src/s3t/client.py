@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import s3t.errors as errors
-from s3t.errors import AccessDeniedError, S3TError, ServiceUnavailableError, UnknownSampleError
+from s3t.errors import (
+    AccessDeniedError,
+    S3TError,
+    ServiceUnavailableError,
+    UnknownSampleError,
+    UnknownSubjectError,
+)
 from s3t.extras import require
 from s3t.system.access import TokenInfo
 from s3t.system.forget import Receipt
@@ -76,9 +82,17 @@ class Client:
         body = {"prompts": list(prompts), "max_new_tokens": max_new_tokens}
         return Generation.from_dict(self._call("POST", "/v1/generate", json=body))
 
-    def forget(self, ids: Sequence[str | int]) -> Receipt:
-        """Forget samples now; the receipt is durable (and the erasure done) on return."""
-        return Receipt.from_dict(self._call("POST", "/v1/forget", json={"ids": list(ids)}))
+    def forget(
+        self, ids: Sequence[str | int] = (), *, subjects: Sequence[str | int] = ()
+    ) -> Receipt:
+        """Forget samples (and every sample of some subjects) now; the receipt is durable
+        (and the erasure done) on return."""
+        body = {"ids": list(ids), "subjects": list(subjects)}
+        return Receipt.from_dict(self._call("POST", "/v1/forget", json=body))
+
+    def forget_subject(self, subjects: Sequence[str | int]) -> Receipt:
+        """Forget every sample of these data subjects, in one request."""
+        return self.forget(subjects=subjects)
 
     def receipt(self, request_id: str) -> Receipt:
         """The receipt of an earlier deletion request, with its erasure state now."""
@@ -108,11 +122,15 @@ class Client:
         )
         return VerifyReport.from_dict(data)
 
-    def samples(self, shard: int | None = None, include_deleted: bool = False) -> list[SampleInfo]:
+    def samples(
+        self, shard: int | None = None, include_deleted: bool = False, subject: str | None = None
+    ) -> list[SampleInfo]:
         """Sample ids with their shard, slice, subject and deletion time."""
         params: dict[str, Any] = {"include_deleted": include_deleted}
         if shard is not None:
             params["shard"] = shard
+        if subject is not None:
+            params["subject"] = subject
         rows = self._call("GET", "/v1/samples", params=params)
         return [
             SampleInfo(r["id"], r["shard"], r["slice"], r["subject"], r["deleted_at"]) for r in rows
@@ -174,6 +192,8 @@ def _error(response: Any) -> S3TError:
         )
     if name == "UnknownSampleError":
         return UnknownSampleError(body.get("ids", []))
+    if name == "UnknownSubjectError":
+        return UnknownSubjectError(body.get("subjects", []))
     cls = _ERRORS.get(name)
     if cls is None:
         cls = errors.InvalidRequestError if response.status_code in (413, 422) else S3TError

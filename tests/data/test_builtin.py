@@ -142,3 +142,19 @@ def test_tiny_alpaca() -> None:
     limited = load_dataset("builtin:tiny_alpaca", limit=5, seed=2)
     assert len(limited.train) == 5 and limited.test is not None
     assert limited.test.ids == alpaca.test.ids
+
+
+def test_rotten_tomatoes_offers_movie_and_pseudo_author_subjects() -> None:
+    movies = load_dataset("builtin:rotten_tomatoes", subject_column="movie_name")
+    everyone = movies.train.subjects + (movies.test.subjects or ())  # type: ignore[operator]
+    assert len(set(everyone)) == 508 and all(s.startswith("movie:") for s in everyone)
+    authors = load_dataset("builtin:rotten_tomatoes", subject_column="pseudo_author")
+    sizes = Counter(authors.train.subjects + (authors.test.subjects or ()))  # type: ignore[operator]
+    assert 4.5 < sum(sizes.values()) / len(sizes) < 5.5 and max(sizes.values()) > 50
+    again = load_dataset("builtin:rotten_tomatoes", subject_column="pseudo_author", limit=100)
+    assert all(
+        again.train.subjects[i] == authors.train.subjects[authors.train.position(sid)]  # type: ignore[index]
+        for i, sid in enumerate(again.train.ids)
+    )
+    with pytest.raises(DataError, match="no subject column 'author'"):
+        load_dataset("builtin:rotten_tomatoes", subject_column="author")

@@ -347,3 +347,19 @@ def test_named_id_column_keeps_leading_zeros_and_paths_work(tmp_path: Path) -> N
     path = tmp_path / "d.csv"
     write_csv(path, rows)
     assert load_dataset(path, id_column="uid").train.ids == ("007", "010")
+
+
+def test_a_subject_column_names_each_sample_s_person(tmp_path: Path) -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "id": f"r{i}",
+            "text": f"review {i}",
+            "label": i % 2,
+            "author": "" if i == 3 else f"a{i % 2}",
+        }
+        for i in range(6)
+    ]
+    data = load_dataset(write_jsonl(tmp_path / "d.jsonl", rows), subject_column="author")
+    assert data.train.subjects == ("a0", "a1", "a0", "r3", "a0", "a1")  # empty: its own
+    with pytest.raises(DataError, match="'writer'"):
+        load_dataset(write_jsonl(tmp_path / "e.jsonl", rows), subject_column="writer")

@@ -64,6 +64,9 @@ def forget(
     file: Path | None = typer.Option(
         None, "--file", "-f", help="File with one sample id per line."
     ),
+    subject: list[str] = typer.Option(
+        None, "--subject", help="Forget every sample of this data subject (repeatable)."
+    ),
     erase_wait: float = typer.Option(
         30.0, "--erase-wait", min=0, help="Seconds to wait for a pending erasure to finish."
     ),
@@ -72,24 +75,27 @@ def forget(
     token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
-    """Forget samples now: exact, durable; truncates the sequences that saw them and erases
-    every byte of them from the workspace's files."""
+    """Forget samples — or every sample of some data subjects — now, in one request:
+    exact, durable; truncates the sequences that saw them and erases every byte of them
+    from the workspace's files."""
     wanted = list(ids or []) + _read_lines(file)
-    if not wanted:
+    people = list(subject or [])
+    if not wanted and not people:
         raise InvalidRequestError(
-            "give sample ids to forget (arguments or --file); nothing was changed"
+            "give sample ids (arguments or --file) or --subject to forget; nothing was changed"
         )
     system = _system(workspace, url, token)
     began = time.perf_counter()
-    receipt = system.forget(wanted)
+    receipt = system.forget(wanted, subjects=people)
     elapsed_ms = (time.perf_counter() - began) * 1000
     if receipt.erasure == "pending" and url is None:
         receipt = system.finish_erasure(receipt.request_id, erase_wait)
     if as_json:
         print_json(receipt.to_dict() | {"milliseconds": round(elapsed_ms, 3)})
         return
+    whose = f" of subject(s) {', '.join(receipt.subjects)}" if receipt.subjects else ""
     console.print(
-        f"request {receipt.request_id}: forgot {len(receipt.deleted)} sample(s)"
+        f"request {receipt.request_id}: forgot {len(receipt.deleted)} sample(s){whose}"
         + (f", {len(receipt.already_deleted)} already forgotten" if receipt.already_deleted else "")
         + f" in {elapsed_ms:.1f} ms"
     )
@@ -199,7 +205,8 @@ def status(
         ],
     )
     console.print(
-        f"live shards {state.live_shards}/{len(state.shards)} · deletion requests {state.deletion_requests} "
+        f"live shards {state.live_shards}/{len(state.shards)} · subjects {state.subjects} "
+        f"({state.deleted_subjects} forgotten) · deletion requests {state.deletion_requests} "
         f"· samples deleted {state.deleted_samples} · sequences below full depth "
         f"{state.sequences_below_full_depth} · expected further deletions before failure "
         f"(no retraining) {state.estimated_deletions_left:.1f}"
@@ -400,14 +407,16 @@ def audit(
 
 def samples(
     shard: int | None = typer.Option(None, "--shard", help="Only this shard."),
+    subject: str | None = typer.Option(None, "--subject", help="Only this data subject."),
     deleted: bool = typer.Option(False, "--deleted", help="Include deleted samples."),
     workspace: Path | None = WS_OR_URL,
     url: str | None = URL,
     token: str | None = TOKEN,
     as_json: bool = JSON,
 ) -> None:
-    """List sample ids with their shard and slice."""
-    rows = _system(workspace, url, token, read_only=True).samples(shard, include_deleted=deleted)
+    """List sample ids with their shard, slice and data subject."""
+    system = _system(workspace, url, token, read_only=True)
+    rows = system.samples(shard, include_deleted=deleted, subject=subject)
     if as_json:
         print_json([r.to_dict() for r in rows])
         return

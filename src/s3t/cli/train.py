@@ -60,6 +60,12 @@ def train(
     ),
     label_column: str | None = typer.Option(None, help="Column with the label."),
     image_column: str | None = typer.Option(None, help="Column with the image."),
+    subject_column: str | None = typer.Option(
+        None,
+        help="Column naming each sample's data subject (the person it belongs to): a "
+        "subject's samples are kept in one shard and slice, so forgetting a person cuts "
+        "one sequence position. builtin:rotten_tomatoes offers movie_name and pseudo_author.",
+    ),
     template: str | None = typer.Option(
         None, help="GLUE/SuperGLUE input template (e.g. rte, copa)."
     ),
@@ -105,6 +111,7 @@ def train(
         text_pair_column=text_pair_column,
         label_column=label_column,
         image_column=image_column,
+        subject_column=subject_column,
         template=template,
         test_fraction=test_fraction,
         limit=limit,

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from s3t.core.subjects import place_subjects
 from s3t.errors import PartitionError, UnknownSampleError
 
 SampleId = str
@@ -259,8 +260,6 @@ def partition(
     risk_of = dict(zip(keys, scores.tolist(), strict=True)) if scores is not None else {}
     owners = _validated_subjects(subjects, keys)
     if owners and len(set(owners.values())) < len(keys):  # a subject holds several samples
-        from s3t.core.subjects import place_subjects
-
         placed = place_subjects(keys, owners, shards, slices, seed, risk_of)
         named = {s: o for s, o in owners.items() if o != s}
         return Layout(shards, slices, seed, placed, risk_of, named)

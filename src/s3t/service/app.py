@@ -50,6 +50,7 @@ from s3t.errors import (
     ServiceUnavailableError,
     UnknownRequestError,
     UnknownSampleError,
+    UnknownSubjectError,
     UnknownTokenError,
     WorkspaceError,
 )
@@ -79,6 +80,7 @@ class LimitError(InvalidRequestError):
 ERROR_STATUS: dict[type[S3TError], int] = {
     LimitError: 413,
     UnknownSampleError: 404,
+    UnknownSubjectError: 404,
     UnknownRequestError: 404,
     UnknownTokenError: 404,
     InvalidRequestError: 422,
@@ -295,6 +297,8 @@ async def _s3t_error(request: Request, exc: Exception) -> S3TJSONResponse:
     assert isinstance(exc, S3TError)
     status = status_for(exc)
     extra: dict[str, Any] = {"ids": exc.ids} if isinstance(exc, UnknownSampleError) else {}
+    if isinstance(exc, UnknownSubjectError):
+        extra = {"subjects": exc.subjects}
     if status >= 500 and status != 503:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     headers = {"Retry-After": "1"} if status == 503 else None
@@ -392,10 +396,11 @@ def verify(state: State) -> S3TJSONResponse:
 def samples(
     state: State,
     shard: Annotated[int | None, Query(ge=0, le=2**31, description="Only this shard.")] = None,
+    subject: Annotated[str | None, Query(max_length=256, description="Only this subject.")] = None,
     include_deleted: Annotated[bool, Query(description="Include deleted samples.")] = False,
 ) -> list[dict[str, Any]]:
     """Sample ids with their shard, slice, subject and deletion time."""
-    return [s.to_dict() for s in state.system.samples(shard, include_deleted)]
+    return [s.to_dict() for s in state.system.samples(shard, include_deleted, subject)]
 
 
 @v1.get("/audit", dependencies=[_scoped("read")])
@@ -461,9 +466,10 @@ def generate(body: GenerateRequest, state: State) -> dict[str, Any]:
 async def forget(body: ForgetRequest, state: State) -> dict[str, Any]:
     """Forget samples now: exact, committed to disk and erased before this response is
     sent; every prediction answered before it with a stage it purged is sent first."""
-    if len(body.ids) > state.settings.max_forget_ids:
-        raise _too_large("max_forget_ids", len(body.ids), state.settings.max_forget_ids)
-    receipt = await run_in_threadpool(state.system.forget, body.ids)
+    named = len(body.ids) + len(body.subjects)
+    if named > state.settings.max_forget_ids:
+        raise _too_large("max_forget_ids", named, state.settings.max_forget_ids)
+    receipt = await run_in_threadpool(lambda: state.system.forget(body.ids, subjects=body.subjects))
     with state.fence.lock:
         position = state.fence.position()
     await state.fence.wait_until_sent(position)

@@ -60,9 +60,16 @@ class ForgetRequest(_Body):
     """Samples to forget now."""
 
     ids: list[StrictStr | StrictInt] = Field(
+        default_factory=list,
         description="Sample ids (strings, or integers meaning their decimal string). "
         "If any id is unknown nothing changes and the response is 404 naming them.",
         examples=[["r0007", 42]],
+    )
+    subjects: list[StrictStr | StrictInt] = Field(
+        default_factory=list,
+        description="Data subjects: every sample of each is forgotten, in the same "
+        "transaction as the ids. An unknown subject changes nothing (404).",
+        examples=[["user-42"]],
     )
 
 

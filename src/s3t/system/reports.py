@@ -64,6 +64,8 @@ class Status(_Json):
     quarantined: list[str] = field(default_factory=list)
     erasures_pending: int = 0
     background: dict[str, Any] = field(default_factory=dict)
+    subjects: int = 0
+    deleted_subjects: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Status:
@@ -167,6 +169,7 @@ def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
         requests = registry.deletion_count()
         quarantined = sorted(a.id for a in registry.artifacts() if a.quarantined is not None)
         pending = len(registry.pending_erasures())
+        subjects, deleted_subjects = registry.subject_counts()
     chosen = serving_choice(rows, None, untrained, unusable)
     total_live = sum(live for live, _ in counts.values())
     shards = []
@@ -202,6 +205,8 @@ def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
         quarantined=quarantined,
         erasures_pending=pending,
         background=background,
+        subjects=subjects,
+        deleted_subjects=deleted_subjects,
     )
 
 

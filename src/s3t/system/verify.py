@@ -162,6 +162,16 @@ def forgotten_samples(events: list[AuditEvent]) -> dict[str, tuple[int, int, str
     return out
 
 
+def forgotten_subjects(events: list[AuditEvent]) -> dict[str, str]:
+    """Every data subject a logged deletion forgot: subject -> request id."""
+    out: dict[str, str] = {}
+    for e in events:
+        if e.event == "forget":
+            for subject in e.detail.get("subjects", []):
+                out[subject] = e.detail.get("request_id", "")
+    return out
+
+
 # ----- the checks ----------------------------------------------------------------------------
 def _check_chain(events: list[AuditEvent], report: VerifyReport) -> None:
     prev, expected = GENESIS, 1
@@ -222,6 +232,14 @@ def _check_forgotten(
             report.flag(
                 "forgotten", f"the stored receipt of deletion {request} disagrees with the log"
             )
+    for subject, request in sorted(forgotten_subjects(snap.events).items()):
+        if requests is not None and request not in requests:
+            continue
+        live = sorted(
+            s.id for s in snap.samples.values() if s.subject == subject and s.deleted_at is None
+        )
+        for sid in live[:5]:
+            report.flag("forgotten", f"sample {sid!r} of forgotten subject {subject!r} is live")
     if requests is None:
         unlogged = sorted(
             sid for sid, row in snap.samples.items() if row.deleted_at and sid not in forgotten
