@@ -95,7 +95,7 @@ class PartitioningComparison:
 
 
 def compare_partitioning(
-    sizes: Sequence[int],
+    sizes: Sequence[int] | np.ndarray,
     shards: int,
     slices: int,
     budget: int,
