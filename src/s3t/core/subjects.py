@@ -157,6 +157,6 @@ def subject_sizes(
     return np.asarray(sizes, dtype=np.int64)
 
 
-def subject_ids(sizes: Sequence[int]) -> list[str]:
+def subject_ids(sizes: Sequence[int] | np.ndarray) -> list[str]:
     """One subject name per sample, for subjects of the given sizes (subject ``p<i>``)."""
     return [f"p{i}" for i, size in enumerate(sizes) for _ in range(int(size))]
