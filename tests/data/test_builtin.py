@@ -153,7 +153,7 @@ def test_rotten_tomatoes_offers_movie_and_pseudo_author_subjects() -> None:
     assert 4.5 < sum(sizes.values()) / len(sizes) < 5.5 and max(sizes.values()) > 50
     again = load_dataset("builtin:rotten_tomatoes", subject_column="pseudo_author", limit=100)
     assert all(
-        again.train.subjects[i] == authors.train.subjects[authors.train.position(sid)]  # type: ignore[index]
+        again.train.subjects[i] == authors.train.subjects[authors.train.position(sid)]
         for i, sid in enumerate(again.train.ids)
     )
     with pytest.raises(DataError, match="no subject column 'author'"):
