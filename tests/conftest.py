@@ -51,6 +51,12 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer tiny Llama of width 64: bitsandbytes' 4-bit blocks (64 values) fit it."""
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("llama64"), "llama", layers=2, hidden=64)
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-layer tiny GPT-2."""
     return save_tiny_causal_lm(tmp_path_factory.mktemp("gpt2"), "gpt2", layers=3)

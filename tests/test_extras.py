@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-BLOCKED = ("fastapi", "uvicorn", "starlette", "matplotlib", "sklearn", "ray", "httpx")
+BLOCKED = (
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "matplotlib",
+    "sklearn",
+    "ray",
+    "httpx",
+    "bitsandbytes",
+)
 
 CLI = textwrap.dedent(
     """
@@ -81,3 +90,23 @@ def test_a_missing_extra_is_named(args: list[str], extra: str) -> None:
     out = _s3t(*args)
     assert out.returncode == 2, out.stderr
     assert f"pip install 's3t[{extra}]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_quantised_base_names_its_extra(tmp_path: Path, tiny_llama64: Path) -> None:
+    args = ["train", "-w", str(tmp_path / "ws"), "--model", str(tiny_llama64)]
+    out = _s3t(
+        *args,
+        "--data",
+        "builtin:tiny_alpaca",
+        "--quantize",
+        "4bit",
+        "-m",
+        "1",
+        "-L",
+        "2",
+        "-B",
+        "2",
+    )
+    assert out.returncode == 2, out.stderr
+    assert "pip install 's3t[quantize]'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "ws").exists(), "a failed start left a workspace behind"

@@ -115,7 +115,7 @@ def save_tiny_vit(path: Path, layers: int = 3, num_labels: int = 10, image_size:
     return path
 
 
-def save_tiny_causal_lm(path: Path, kind: str = "llama", layers: int = 3) -> Path:
+def save_tiny_causal_lm(path: Path, kind: str = "llama", layers: int = 3, hidden: int = 32) -> Path:
     """Save a tiny random decoder LM (llama/gpt2) with the word tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -138,8 +138,8 @@ def save_tiny_causal_lm(path: Path, kind: str = "llama", layers: int = 3) -> Pat
         model = LlamaForCausalLM(
             LlamaConfig(
                 vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
                 num_hidden_layers=layers,
                 num_attention_heads=2,
                 num_key_value_heads=2,

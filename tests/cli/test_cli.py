@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from s3t.cli.main import app
@@ -248,6 +249,8 @@ def main_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int
         (["export", "--shard", "0", "--out", "{a_file}"], "is a file"),
         (["receipt", "no-such-request"], "no deletion request"),
         (["reference", "--shard", "7"], "shard must be in 0..1"),
+        (["predict", "good", "--device", "tpu"], "device must be one of"),
+        (["export", "--shard", "0", "--out", "x", "--device", "mps:9"], "device"),
     ],
 )
 def test_bad_input_is_one_line_naming_it_and_changes_nothing(
@@ -314,3 +317,26 @@ def test_progress_for_a_log_is_plain_lines_at_a_steady_interval(
     assert len(lines) == 3
     assert "stage 60/100 · ETA 13s · loss 0.4" in lines[1]  # 60 done in 20 s: 40 left
     assert lines[2].endswith("stage 100/100") and "ETA" not in lines[2]
+
+
+def test_training_options_for_large_models_run_on_a_cpu(tmp_path: Path, tiny_bert: Path) -> None:
+    """bf16 autocast, gradient checkpointing, accumulation and a cache that spills at once:
+    the same commands a GPU user runs, on the CPU; the spill files go with the process."""
+    ws = tmp_path / "ws"
+    args = [*_train(ws, tiny_bert, _csv(tmp_path / "r.csv")), "--text-column", "review"]
+    args += ["--label-column", "sentiment", "-m", "1", "-L", "2", "-B", "1", "--rank", "2"]
+    args += ["--precision", "bf16", "--gradient-checkpointing", "--accumulation-steps", "2"]
+    out = run_main(*args, "--cache-memory", "0", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert "estimated memory" in out.stderr and "on cpu" in out.stderr
+    config = json.loads(run("status", "-w", str(ws), "--json"))
+    assert config["live_shards"] == 1
+    assert not list((ws / "cache").glob("*.activations"))
+    predicted = json.loads(run("predict", "good film", "-w", str(ws), "--device", "cpu", "--json"))
+    assert predicted["labels"][0] in ("pos", "neg")
+    cuda = run_main("predict", "good", "-w", str(ws), "--device", "cuda")
+    if not torch.cuda.is_available():
+        assert (
+            cuda.returncode == 2
+            and "no CUDA GPU is available here; use --device cpu" in cuda.stderr
+        )

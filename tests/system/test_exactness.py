@@ -48,7 +48,7 @@ def test_every_stage_is_bit_identical_to_its_from_scratch_reference(fitted: S3T)
             report = fitted.reference(shard, seq)
             assert report.depth == 3 and len(report.stages) == 3
             for stage in report.stages:
-                assert stage.identical, stage  # the same artifact bytes, hence the same id
+                assert stage.identical and stage.same_artifact, stage  # same bytes, same id
                 assert stage.max_abs_diff == 0.0
     block, _ = tensors_of(fitted, registry_of(fitted).sequences(0)[0].positions[0])
     assert any(t.abs().sum() > 0 for name, t in block.items() if "lora_B" in name)

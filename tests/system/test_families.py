@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,7 @@ def _config(path, **train) -> S3TConfig:  # type: ignore[no-untyped-def]
 def _check_trained(system: S3T) -> None:
     rows = registry_of(system).sequences()
     assert len(rows) == 4
-    assert all(r.depth == 3 for r in rows)
+    assert all(r.depth == system.config.layout.slices for r in rows)
     for r in rows:
         for artifact in r.positions:
             block, _head = tensors_of(system, artifact)
@@ -90,3 +92,27 @@ def test_causal_lm_instruction_tuning(model, request, tmp_path) -> None:  # type
     out = system.generate(["What is the capital of France?", "b"], max_new_tokens=4)
     assert len(out.outputs) == len(out.served) == 2  # the models behind each response
     assert out.served[0] == system.served()
+
+
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_a_quantised_llama_base_trains_serves_and_forgets(bits, tiny_llama64, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """QLoRA-style: the frozen base loaded by bitsandbytes (which runs on CPUs too), the LoRA
+    blocks and head trained in fp32 on top of it."""
+    pytest.importorskip("bitsandbytes", reason="the quantize extra is not installed")
+    config = S3TConfig(
+        model=ModelSpec(str(tiny_llama64), max_length=64, quantize=bits),
+        layout=LayoutSettings(shards=2, slices=2, budget=2, seed=1),
+        lora=LoraSettings(rank=2),
+        train=TrainSettings(lr=5e-3, epochs=1, batch_size=8, gradient_checkpointing=True),
+    )
+    with warnings.catch_warnings():  # a kernel without a backward would train wrong blocks
+        warnings.filterwarnings("error", message=".*autograd kernel was not registered.*")
+        system = S3T.fit(tmp_path / "ws", load_dataset("builtin:tiny_alpaca"), config)
+    base = system._get_trainer().local.worker.engine.model
+    kinds = {type(m).__name__ for m in base.modules()}
+    assert ("Linear4bit" if bits == "4bit" else "Linear8bitLt") in kinds
+    _check_trained(system)
+    system.close()
+    served = S3T.open(tmp_path / "ws")
+    out = served.generate(["What is the capital of France?"], max_new_tokens=3)
+    assert len(out.outputs) == 1

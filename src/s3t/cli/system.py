@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from s3t.cli.output import console, print_json, progress_bar, table
+from s3t.cli.train import DEVICE, GPUS_PER_TASK
 from s3t.errors import InvalidRequestError
 
 WS = typer.Option(..., "--workspace", "-w", help="Workspace folder.")
@@ -24,14 +25,19 @@ TOKEN = typer.Option(None, "--token", envvar="S3T_TOKEN", help="The service's be
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def _open(workspace: Path, read_only: bool = False) -> Any:
+def _open(workspace: Path, read_only: bool = False, device: str = "auto") -> Any:
+    from s3t.engine.settings import Compute
     from s3t.system.api import S3T
 
-    return S3T.open(workspace, read_only=read_only)
+    return S3T.open(workspace, read_only=read_only, compute=Compute(device=device))
 
 
 def _system(
-    workspace: Path | None, url: str | None, token: str | None, read_only: bool = False
+    workspace: Path | None,
+    url: str | None,
+    token: str | None,
+    read_only: bool = False,
+    device: str = "auto",
 ) -> Any:
     """The workspace (opened here), or a client of the service at ``url``: both have the
     methods the commands call, with the same return types."""
@@ -42,7 +48,7 @@ def _system(
 
         return Client(url, token)
     assert workspace is not None
-    return _open(workspace, read_only)
+    return _open(workspace, read_only, device)
 
 
 def _read_lines(file: Path | None) -> list[str]:
@@ -134,6 +140,7 @@ def predict(
     file: Path | None = typer.Option(None, "--file", "-f", help="File with one text per line."),
     aggregate: str = typer.Option("mean-logits", help="mean-logits, mean-probs or vote."),
     max_new_tokens: int = typer.Option(32, help="For language models: tokens to generate."),
+    device: str = DEVICE,
     workspace: Path | None = WS_OR_URL,
     url: str | None = URL,
     token: str | None = TOKEN,
@@ -143,7 +150,7 @@ def predict(
     inputs = list(texts or []) + _read_lines(file)
     if not inputs:
         raise InvalidRequestError("give texts to predict (arguments or --file)")
-    system = _system(workspace, url, token)
+    system = _system(workspace, url, token, device=device)
     if url is None and system.modality == "image":
         raise InvalidRequestError(
             "`s3t predict` takes texts; predict images with POST /predict (`s3t serve`) or "
@@ -227,6 +234,7 @@ def verify(
     recompute: bool = typer.Option(
         False, "--recompute", help="Also retrain every served model from scratch and compare."
     ),
+    device: str = DEVICE,
     workspace: Path | None = WS_OR_URL,
     url: str | None = URL,
     token: str | None = TOKEN,
@@ -236,7 +244,7 @@ def verify(
     anything; exit 1 on any violation."""
     if recompute and url is not None:
         raise InvalidRequestError("--recompute retrains models: run it on the workspace folder")
-    system = _system(workspace, url, token, read_only=not recompute)
+    system = _system(workspace, url, token, read_only=not recompute, device=device)
     if receipt is not None:
         report = system.verify_receipt(_read_json(receipt))
     else:
@@ -275,6 +283,8 @@ def retrain(
     shard: list[int] = typer.Option(None, "--shard", help="Only these shards (repeatable)."),
     ray: bool = typer.Option(False, "--ray", help="Retrain shards in parallel Ray tasks."),
     ray_address: str | None = typer.Option(None, help="Ray cluster to join."),
+    gpus_per_task: float = GPUS_PER_TASK,
+    device: str = DEVICE,
     workspace: Path | None = WS_OR_URL,
     url: str | None = URL,
     token: str | None = TOKEN,
@@ -283,7 +293,7 @@ def retrain(
     """Retrain every truncated sequence back to full depth (deleted samples excluded)."""
     from s3t.cli.train import ray_executor, stage_progress
 
-    system = _system(workspace, url, token)
+    system = _system(workspace, url, token, device=device)
     if url is not None:  # the service retrains with its own model instance
         if ray or ray_address:
             raise InvalidRequestError(
@@ -296,8 +306,8 @@ def retrain(
         with progress_bar(enabled=not as_json) as update:
             outcomes = system.retrain(
                 shard or None,
-                on_event=stage_progress(update),
-                executor=ray_executor(ray, ray_address),
+                on_event=stage_progress(update, quiet=as_json),
+                executor=ray_executor(ray, ray_address, gpus_per_task),
             )
         rows = [o.to_dict() for o in outcomes]
         status = system.status().to_dict()
@@ -320,11 +330,13 @@ def retrain(
 def export(
     shard: int = typer.Option(..., "--shard", help="Shard whose served model to export."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (PEFT adapter + head)."),
+    device: str = DEVICE,
     workspace: Path = WS,
     as_json: bool = JSON,
 ) -> None:
-    """Export a shard's served model as a PEFT adapter folder (PeftModel.from_pretrained)."""
-    info = _open(workspace).export(shard, out)
+    """Export a shard's served model as a PEFT adapter folder (PeftModel.from_pretrained;
+    its tensors are fp32 on the CPU whatever the device)."""
+    info = _open(workspace, device=device).export(shard, out)
     if as_json:
         print_json(info.to_dict())
         return
@@ -357,12 +369,13 @@ def reference(
     depth: int | None = typer.Option(
         None, "--depth", help="Stages to recompute (default: all valid)."
     ),
+    device: str = DEVICE,
     workspace: Path = WS,
     as_json: bool = JSON,
 ) -> None:
     """Retrain a sequence from scratch on its current samples and compare it, stage by
     stage, with the recorded artifacts (bit-identical on the machine that trained them)."""
-    result = _open(workspace, read_only=True).reference(shard, seq, depth)
+    result = _open(workspace, read_only=True, device=device).reference(shard, seq, depth)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -376,7 +389,9 @@ def reference(
                     s.samples,
                     (s.recorded or "—")[:12],
                     s.recomputed[:12],
-                    "yes" if s.identical else "no",
+                    ("yes, same file" if s.same_artifact else "tensors, bit for bit")
+                    if s.identical
+                    else "no",
                     s.max_abs_diff,
                 )
                 for s in result.stages

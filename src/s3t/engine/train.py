@@ -9,6 +9,7 @@ same stage trained twice, here or in another process, gives bit-identical tensor
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from s3t.engine.blocks import BlockModel, State
 from s3t.engine.cache import ActivationCache
+from s3t.engine.compute import grad_scaler
 from s3t.engine.features import IGNORE_INDEX, FeatureStore, plan_batches
 from s3t.engine.loading import GLOBAL_RNG
 from s3t.engine.settings import Family, TrainSettings
@@ -93,7 +95,7 @@ def _train_stage(
     engine.init_block(stage, seed)
     if stage == 1:
         engine.init_head(seed + 1)
-    params = engine.set_stage(stage)
+    params = engine.set_stage(stage, checkpointing=settings.gradient_checkpointing)
     rows = np.asarray(store.rows(train_ids))
     val_rows = store.rows(val_ids)
     start = engine.start_layer(stage)
@@ -107,10 +109,12 @@ def _train_stage(
         plan_batches(lengths, settings.batch_size, generator, settings.bucket_by_length)
         for _ in range(settings.epochs)
     ]
-    total = sum(len(p) for p in plans)
+    accumulate = settings.accumulation_steps
+    total = sum(math.ceil(len(p) / accumulate) for p in plans)  # optimiser steps
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = int(settings.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
+    scaler = grad_scaler(engine.device, engine.precision)
 
     best: tuple[float, State, State] | None = None
     history: list[float] = []
@@ -121,23 +125,27 @@ def _train_stage(
     epochs_run = 0
     for epoch in range(settings.epochs):
         epochs_run = epoch + 1
-        for batch_positions in plans[epoch]:
+        for i, batch_positions in enumerate(plans[epoch]):
             batch_rows = rows[batch_positions].tolist()
             batch = store.collate(batch_rows)
             hidden = cache.batch(start, batch_rows) if cache is not None else None
             logits = engine.forward(batch, start, hidden)
-            loss = task_loss(engine.family, logits, batch["labels"])
-            loss.backward()
+            loss = task_loss(engine.family, logits, batch["labels"].to(logits.device))
+            scaler.scale(loss / accumulate).backward()
+            losses.append(float(loss.detach()))
+            if (i + 1) % accumulate and i + 1 < len(plans[epoch]):
+                continue  # gradients add up until the next optimiser step
+            scaler.unscale_(optimizer)
             if settings.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            losses.append(float(loss.detach()))
             if on_step is not None:
                 elapsed = time.perf_counter() - began
-                seen = step * settings.batch_size
+                seen = step * settings.batch_size * accumulate
                 on_step(
                     step,
                     total,
@@ -147,7 +155,7 @@ def _train_stage(
         if val_rows:
             score = evaluate(engine, store, val_rows, settings.eval_batch_size, cache, start)
             history.append(score)
-            engine.set_stage(stage)
+            engine.set_stage(stage, checkpointing=settings.gradient_checkpointing)
             if best is None or score > best[0]:
                 best = (score, engine.block_state(stage), engine.head_state())
                 stale = 0
@@ -206,7 +214,7 @@ def evaluate(
         batch = store.collate(batch_rows)
         hidden = cache.batch(start, batch_rows) if cache is not None else None
         logits = engine.forward(batch, start, hidden)
-        labels = batch["labels"]
+        labels = batch["labels"].to(logits.device)
         if engine.family is Family.CAUSAL_LM:
             total -= float(task_loss(engine.family, logits, labels)) * len(batch_rows)
         elif logits.shape[-1] == 1:

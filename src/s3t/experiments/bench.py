@@ -5,6 +5,9 @@
 - forget: latency of single-id deletion requests (p50/p99) next to what SISA would spend
   on the same request (retraining the affected sequence from its last valid stage);
 - simulation: Monte Carlo speed of the deletion-rate simulator;
+- precision: the same sequence in fp32 and in bf16 autocast on the CPU (speed, accuracy);
+- cache: training throughput and peak RSS with the activation cache in RAM vs spilled to
+  disk at 2k, 11.5k and 50k samples (:mod:`s3t.experiments.bench_cache`);
 - service: the live HTTP service under 16 concurrent clients vs one at a time vs
   in-process batches (:mod:`s3t.experiments.bench_service`).
 """
@@ -35,13 +38,24 @@ log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     """One line naming the machine the numbers come from."""
     import os
 
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)"
 
 
 def bench_training(
@@ -60,12 +74,7 @@ def bench_training(
 
     shutil.rmtree(out / "ours", ignore_errors=True)
     began: list[float] = []
-
-    def on_event(event: Any) -> None:
-        if event.kind == "plan":  # the model is loaded: training starts now
-            began.append(time.perf_counter())
-
-    system = S3T.fit(out / "ours", data, config, on_event=on_event)
+    system = S3T.fit(out / "ours", data, config, on_event=_plan_clock(began))
     ours_seconds = time.perf_counter() - began[0]
     ours_samples = sum(s.samples for s in system.stages()) * epochs
     ours_accuracy = system.evaluate()["accuracy"]
@@ -93,6 +102,60 @@ def bench_training(
         "ours_accuracy": round(ours_accuracy, 4),
         "trainer_accuracy": round(base.accuracy, 4),
         "accuracy_gap_points": round(100 * (ours_accuracy - base.accuracy), 2),
+    }
+
+
+def _plan_clock(began: list[float]) -> Callable[[Any], None]:
+    """An event callback noting when training starts (the model is loaded by then)."""
+
+    def on_event(event: Any) -> None:
+        if event.kind == "plan":
+            began.append(time.perf_counter())
+
+    return on_event
+
+
+def bench_precision(out: Path, samples: int, slices: int, epochs: int, say: Say) -> dict[str, Any]:
+    """The same sequence trained in fp32 and with bf16 autocast (base in bf16, LoRA and
+    head in fp32) on this CPU: throughput and test accuracy, same run."""
+    data = load_dataset("builtin:rotten_tomatoes", limit=samples, seed=0)
+    say(f"precision benchmark: {samples} samples, L={slices}, fp32 vs bf16")
+    rows: dict[str, dict[str, Any]] = {}
+    for precision in ("fp32", "bf16"):
+        settings = TrainSettings(
+            lr=1e-3, epochs=epochs, batch_size=32, validation_fraction=0.0, precision=precision
+        )
+        config = S3TConfig(
+            ModelSpec("builtin:minilm", num_labels=2, max_length=128),
+            LayoutSettings(shards=1, slices=slices, budget=1),
+            LoraSettings(rank=16),
+            settings,
+        )
+        shutil.rmtree(out / precision, ignore_errors=True)
+        began: list[float] = []
+        system = S3T.fit(out / precision, data, config, on_event=_plan_clock(began))
+        seconds = time.perf_counter() - began[0]
+        trained = sum(s.samples for s in system.stages()) * epochs
+        accuracy = system.evaluate()["accuracy"]
+        system.close()
+        rows[precision] = {
+            "samples_per_second": round(trained / seconds, 2),
+            "seconds": round(seconds, 2),
+            "accuracy": round(accuracy, 4),
+        }
+        say(f"  {precision}: {trained / seconds:.1f} samples/s, test accuracy {accuracy:.4f}")
+    return {
+        "model": "all-MiniLM-L6-v2 (LoRA r=16)",
+        "data": f"Rotten Tomatoes, {samples} training samples",
+        "slices": slices,
+        "epochs_per_stage": epochs,
+        **rows,
+        "bf16_over_fp32_speed": round(
+            rows["bf16"]["samples_per_second"] / rows["fp32"]["samples_per_second"], 3
+        ),
+        "accuracy_gap_points": round(
+            100 * (rows["bf16"]["accuracy"] - rows["fp32"]["accuracy"]), 2
+        ),
     }
 
 
@@ -178,6 +241,13 @@ def run_all(out: Path, quick: bool = False, say: Say = print) -> dict[str, Any]:
         work, 300 if quick else 2000, 3, 1 if quick else 2, 1e-3, say
     )
     results["forget"] = bench_forget(work, 300 if quick else 1500, 50 if quick else 300, say)
+    results["precision"] = bench_precision(
+        work / "precision", 300 if quick else 2000, 3, 1 if quick else 2, say
+    )
+    from s3t.experiments.bench_cache import bench_cache
+
+    say("activation cache benchmark: in RAM vs spilled, fresh process each")
+    results["cache"] = bench_cache(work, [600, 2000] if quick else [2000, 11504, 50000], say)
     from s3t.experiments.bench_service import bench_service
 
     results["service"] = bench_service(work, quick, say)
@@ -221,9 +291,50 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"{s['trials']:,} trials of m=5, L=6, B=6 in {s['seconds']} s (δ = {s['delta_mean']}, theory {s['delta_theory']}).",
             "",
+            *_precision_markdown(results["precision"]),
+            *_cache_markdown(results["cache"]),
             *_service_markdown(results["service"]),
         ]
     )
+
+
+def _precision_markdown(v: dict[str, Any]) -> list[str]:
+    return [
+        "## Precision on this CPU: fp32 vs bf16 autocast (same run)",
+        "",
+        f"{v['model']}; {v['data']}; one sequence of L={v['slices']} stages, {v['epochs_per_stage']} epoch(s) per stage.",
+        "",
+        "| precision | samples/s | wall time (s) | test accuracy |",
+        "|---|---|---|---|",
+        *[
+            f"| {p} | {v[p]['samples_per_second']} | {v[p]['seconds']} | {v[p]['accuracy']} |"
+            for p in ("fp32", "bf16")
+        ],
+        "",
+        f"bf16 runs at **{v['bf16_over_fp32_speed']}×** the fp32 speed; accuracy difference {v['accuracy_gap_points']:+} points.",
+        "",
+    ]
+
+
+def _cache_markdown(v: dict[str, Any]) -> list[str]:
+    rows = [
+        f"| {r['samples']:,} | {r['mode']} | {r['train_samples_per_second']} | {r['cache_fill_seconds']} | "
+        f"{r['cache_in_memory_mb']} | {r['cache_spilled_mb']} | {r['peak_rss_mb']} |"
+        for r in v["runs"]
+    ]
+    ratios = ", ".join(f"{int(n):,}: {x}×" for n, x in v["spilled_over_ram_throughput"].items())
+    return [
+        "## The activation cache in RAM and spilled to disk (fresh process each)",
+        "",
+        f"{v['model']}; spilled runs get a {v['spill_budget_mb']} MB cache budget.",
+        "",
+        "| samples | cache | train samples/s | cache fill (s) | cache in RAM (MB) | spilled (MB) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Spilled vs in-RAM training throughput: {ratios}.",
+        "",
+    ]
 
 
 def _service_markdown(v: dict[str, Any]) -> list[str]:

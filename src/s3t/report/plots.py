@@ -149,3 +149,43 @@ def plot_deletion_curves(
         ax.legend()
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_subjects(
+    path: str | Path,
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float | None]]],
+    deltas: Mapping[str, tuple[float, float, float, float]],
+    title: str,
+) -> Path:
+    """Two panels: accuracy vs subject requests per partitioning, and δ in subject requests
+    measured (with its 95% CI) next to simulated (with its 95% CI) per partitioning."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, (xs, ys) in curves.items():
+        left.plot(
+            xs, [float("nan") if y is None else y for y in ys], "o-", label=label, markersize=4
+        )
+    left.set(
+        xlabel="subject deletion requests",
+        ylabel="test accuracy",
+        title="Accuracy while people leave",
+    )
+    left.grid(alpha=0.3)
+    left.legend()
+    names = list(deltas)
+    x = np.arange(len(names))
+    measured = [deltas[n][0] for n in names]
+    simulated = [deltas[n][2] for n in names]
+    right.bar(
+        x - 0.2, measured, 0.4, yerr=[deltas[n][1] for n in names], label="measured", capsize=4
+    )
+    right.bar(
+        x + 0.2, simulated, 0.4, yerr=[deltas[n][3] for n in names], label="simulated", capsize=4
+    )
+    right.set_xticks(x, names)
+    right.set(
+        ylabel="subject requests until every shard is dead", title="Deletion rate δ, in people"
+    )
+    right.legend()
+    fig.suptitle(textwrap.fill(title, 110), fontsize=10)
+    return _save(fig, path)

@@ -22,7 +22,7 @@ import numpy as np
 
 from s3t.core.selection import Served
 from s3t.data.examples import Dataset, Examples
-from s3t.engine.settings import Family
+from s3t.engine.settings import Compute, Family
 from s3t.errors import DataError, InvalidRequestError, UnknownRequestError
 from s3t.system.access import TokenInfo, authenticate, create_token, list_tokens, revoke_token
 from s3t.system.config import S3TConfig
@@ -71,8 +71,9 @@ def check_fits(family: Family, train: Examples) -> None:
 class S3T:
     """An S3T system backed by a workspace folder."""
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, compute: Compute | None = None) -> None:
         self._ws = workspace
+        self._compute = compute or Compute()
         self.background: BackgroundRetrainer | None = None
         self._server: Server | None = None
         self._trainer: Trainer | None = None
@@ -126,14 +127,14 @@ class S3T:
                 if self._server is None:
                     from s3t.system.serving.server import Server
 
-                    self._server = Server(self._ws)
+                    self._server = Server(self._ws, compute=self._compute)
         return self._server
 
     def _get_trainer(self, on_event: EventCallback | None = None) -> Trainer:
         from s3t.system.training.trainer import Trainer
 
         if self._trainer is None:
-            self._trainer = Trainer(self._ws, on_event)
+            self._trainer = Trainer(self._ws, on_event, compute=self._compute)
         elif on_event is not None:
             self._trainer.on_event = on_event
         return self._trainer
@@ -149,21 +150,40 @@ class S3T:
         risk: dict[str, float] | None = None,
         on_event: EventCallback | None = None,
         executor: Executor | None = None,
+        compute: Compute | None = None,
     ) -> S3T:
         """Create (or resume) a workspace and train every sequence of every shard to full
-        depth. ``num_labels`` is taken from the data when the config leaves it at 0."""
+        depth. ``num_labels`` is taken from the data when the config leaves it at 0.
+        ``compute`` chooses the device and the activation cache's memory budget."""
         if config.model.num_labels == 0 and dataset.train.task != "instruction":
             config = replace(
                 config, model=replace(config.model, num_labels=dataset.train.num_labels)
             )
+        from s3t.core.schedule import StageKey
+        from s3t.engine.compute import estimate_for, resolve_device
         from s3t.engine.loading import load_backbone
-        from s3t.system.training.trainer import Trainer
+        from s3t.system.training.trainer import StageEvent, Trainer
 
-        backbone = load_backbone(config.model, seed=config.layout.seed)  # fail before any writing
+        compute = compute or Compute()
+        device = resolve_device(compute.device)
+        backbone = load_backbone(  # fail before any writing
+            config.model, seed=config.layout.seed, device=device, precision=config.train.precision
+        )
         check_fits(backbone.anatomy.family, dataset.train)
+        estimate = estimate_for(backbone, config.lora, config.layout.slices, config.train)
+        log.info("%s on %s", estimate.describe(), device)
+        if on_event is not None:
+            detail = {
+                "estimate": estimate.describe(),
+                "device": str(device),
+                "bytes": estimate.total,
+            }
+            on_event(StageEvent("memory", StageKey(-1, ()), detail=detail))
         ws = Workspace.create(workspace, config, dataset, risk)
-        system = cls(ws)
-        system._trainer = Trainer(ws, on_event, backbone=None if executor else backbone)
+        system = cls(ws, compute)
+        system._trainer = Trainer(
+            ws, on_event, backbone=None if executor else backbone, compute=compute
+        )
         system._trainer.complete(executor=executor)
         return system
 
@@ -174,11 +194,13 @@ class S3T:
         retrain_policy: RetrainPolicy | None = None,
         *,
         read_only: bool = False,
+        compute: Compute | None = None,
     ) -> S3T:
         """Open an existing workspace. Unless ``read_only``, leftovers of crashed processes
         are removed and pending erasures finished first; with a policy, truncated shards
-        are retrained in the background."""
-        system = cls(Workspace(workspace, read_only=read_only))
+        are retrained in the background. ``compute`` chooses the device serving and
+        retraining use (a workspace trained on a GPU serves on a CPU and vice versa)."""
+        system = cls(Workspace(workspace, read_only=read_only), compute)
         if not system._ws.read_only:
             system._ws.sweep()
         if retrain_policy is not None:
@@ -196,7 +218,7 @@ class S3T:
                     f"the retrain policy's min_depth must be at most the workspace's {slices} "
                     f"slices, got {policy.min_depth!r}"
                 )
-            self.background = BackgroundRetrainer(self._ws, policy, on_event)
+            self.background = BackgroundRetrainer(self._ws, policy, on_event, self._compute)
             self.background.start()
         return self.background
 
@@ -217,6 +239,8 @@ class S3T:
         if self._janitor is not None:
             self._janitor.stop()
             self._janitor = None
+        if self._trainer is not None:
+            self._trainer.close()
         if not self._ws.read_only:
             self._ws.erase_pending()
 
@@ -426,7 +450,9 @@ class S3T:
             if not chosen:
                 raise InvalidRequestError(f"shard {shard} serves no model; give a sequence")
             seq, depth = chosen[0].seq, chosen[0].depth if depth is None else depth
-        return reference(self._ws, shard, self._check_index(seq, "sequence"), depth)
+        return reference(
+            self._ws, shard, self._check_index(seq, "sequence"), depth, compute=self._compute
+        )
 
     def samples(
         self, shard: int | None = None, include_deleted: bool = False, subject: str | None = None

@@ -22,8 +22,10 @@ import torch
 from s3t.core.selection import Served, serving_choice
 from s3t.engine.artifacts import decode_stage
 from s3t.engine.blocks import BlockModel, State
+from s3t.engine.compute import resolve_device
 from s3t.engine.features import FeatureStore, plan_batches
 from s3t.engine.loading import load_backbone
+from s3t.engine.settings import Compute
 from s3t.errors import ArtifactError, InvalidRequestError, ServiceUnavailableError
 from s3t.system.serving.requests import Prediction, PredictRequest
 from s3t.system.store.workspace import Workspace
@@ -53,8 +55,11 @@ class ModelInfo:
 class Server:
     """Assembles and runs the served models of a workspace (one model instance, locked)."""
 
-    def __init__(self, workspace: Workspace, cache_size: int = 256) -> None:
+    def __init__(
+        self, workspace: Workspace, cache_size: int = 256, compute: Compute | None = None
+    ) -> None:
         self.ws = workspace
+        self.compute = compute or Compute()
         self._engine: BlockModel | None = None
         self._lock = threading.RLock()
         self._tensors: OrderedDict[str, tuple[State, State]] = OrderedDict()
@@ -73,8 +78,14 @@ class Server:
         with self._lock:
             if self._engine is None:
                 config = self.ws.config
-                backbone = load_backbone(config.model, seed=config.layout.seed)
-                self._engine = BlockModel(backbone, config.lora, config.layout.slices)
+                device = resolve_device(self.compute.device)
+                precision = config.train.precision
+                backbone = load_backbone(
+                    config.model, seed=config.layout.seed, device=device, precision=precision
+                )
+                self._engine = BlockModel(
+                    backbone, config.lora, config.layout.slices, device, precision
+                )
             return self._engine
 
     def selection(self, budget: int | None = None) -> list[Served]:
@@ -189,7 +200,7 @@ class Server:
                 for s in served:
                     self.assemble(s)
                     start = starts[s.shard]
-                    parts[s.shard].append(engine.forward(batch, start, hidden.get(start)))
+                    parts[s.shard].append(engine.forward(batch, start, hidden.get(start)).cpu())
         inverse = np.argsort(np.concatenate(order)) if order else np.array([], dtype=np.int64)
         return {k: torch.cat(v)[torch.as_tensor(inverse)] for k, v in parts.items()}
 
@@ -328,7 +339,7 @@ class Server:
                 for s in served:
                     self.assemble(s)
                     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-                    logits = engine.forward(batch)[0, -1]
+                    logits = engine.forward(batch)[0, -1].cpu()
                     total = logits if total is None else total + logits
                 assert total is not None
                 token = int(torch.argmax(total / len(served)))

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _TEMP = re.compile(r"\.tmp(\d+)$")
 _SCRATCH = re.compile(r"\.creating-(\d+)-\d+(-wal|-shm|-journal)?$")
+_SPILL = re.compile(r"(\d+)-(\d+)-(\d+)-[0-9a-f]+\.activations")
 
 
 def check_artifact_id(artifact_id: object) -> str:
@@ -42,6 +43,7 @@ class ArtifactFiles:
         self.root = root
         self.folder = root / "artifacts"
         self.quarantine_folder = root / "quarantine"
+        self.cache_folder = root / "cache"  # activation-cache spill files of live trainers
         self._registry_name = registry_name
 
     def path(self, artifact_id: str) -> Path:
@@ -134,6 +136,30 @@ class ArtifactFiles:
             if (scratch and not _alive(int(scratch.group(1)))) or _older(path, cutoff):
                 out.append(path)
         return sorted(out)
+
+    def cache_files(self, groups: set[tuple[int, int]] | None = None) -> list[Path]:
+        """Activation-cache spill files (of these (shard, slice) groups): they hold encoded
+        features of the samples of their group."""
+        if not self.cache_folder.exists():
+            return []
+        out = []
+        for path in sorted(self.cache_folder.glob("*.activations")):
+            match = _SPILL.fullmatch(path.name)
+            if (
+                match is None
+                or groups is None
+                or (int(match.group(1)), int(match.group(2))) in groups
+            ):
+                out.append(path)
+        return out
+
+    def stale_cache_files(self) -> list[Path]:
+        """Spill files of processes that are gone."""
+        return [
+            p
+            for p in self.cache_files()
+            if (m := _SPILL.fullmatch(p.name)) is None or not _alive(int(m.group(3)))
+        ]
 
     def unregistered(self, known: set[str], written_before: float) -> list[Path]:
         """Stage files in service folders that no registry row names, written before

@@ -657,6 +657,20 @@ class Registry:
         """How many deletion requests were recorded."""
         return int(self.db.execute("SELECT count(*) FROM deletions").fetchone()[0])
 
+    def deleted_groups(self, request_ids: Sequence[str]) -> set[tuple[int, int]]:
+        """The (shard, slice) cells of the samples these deletion requests removed."""
+        out: set[tuple[int, int]] = set()
+        for chunk in chunks(list(request_ids)):
+            marks = ",".join("?" * len(chunk))
+            out |= {
+                (k, s)
+                for k, s in self.db.execute(
+                    f"SELECT DISTINCT shard, slice FROM samples WHERE request_id IN ({marks})",
+                    chunk,
+                )
+            }
+        return out
+
     def pending_erasures(self) -> dict[str, float]:
         """Deletion requests whose files and old database pages are not yet erased."""
         return {r: since for r, since in self.db.execute("SELECT request_id, since FROM erasures")}

@@ -137,6 +137,7 @@ class Workspace:
         registry = self.registry()
         removed = sum(self._remove_artifact(a) for a in registry.purged_ids())
         removed += unlink_all(self.files.leftovers(registry.artifact_ids()))
+        removed += unlink_all(self.files.stale_cache_files())
         self.erase_pending()
         return removed
 
@@ -159,6 +160,8 @@ class Workspace:
             except OSError as exc:
                 log.warning("could not remove purged artifact %s: %s", artifact, exc)
                 blocked = True
+        groups = registry.deleted_groups(list(pending))
+        unlink_all(self.files.cache_files(groups))  # cached features of the deleted samples
         latest = max(pending.values())
         for path in self.files.unregistered(registry.artifact_ids(), written_before=latest):
             if time.time() - _mtime(path) > ORPHAN_GRACE_SECONDS:

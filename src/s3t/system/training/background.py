@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from s3t.engine.settings import Compute
 from s3t.errors import ConfigError
 from s3t.system.store.workspace import Workspace
 
@@ -58,9 +59,14 @@ class BackgroundRetrainer:
     """Runs :class:`Trainer` on the shards a policy selects, in a daemon thread."""
 
     def __init__(
-        self, workspace: Workspace, policy: RetrainPolicy, on_event: EventCallback | None = None
+        self,
+        workspace: Workspace,
+        policy: RetrainPolicy,
+        on_event: EventCallback | None = None,
+        compute: Compute | None = None,
     ) -> None:
         self.ws = workspace
+        self.compute = compute
         self.policy = policy
         self.on_event = on_event
         self.outcomes: list[StageOutcome] = []
@@ -94,6 +100,8 @@ class BackgroundRetrainer:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._trainer is not None and not self._thread.is_alive():
+            self._trainer.close()  # its activation cache's spill files go with it
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -104,7 +112,7 @@ class BackgroundRetrainer:
                     if self._trainer is None:
                         from s3t.system.training.trainer import Trainer
 
-                        self._trainer = Trainer(self.ws, self.on_event)
+                        self._trainer = Trainer(self.ws, self.on_event, compute=self.compute)
                     progress = 0
                     for shard in due:
                         if self._stop.is_set():

@@ -16,8 +16,10 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+from s3t.engine.settings import Compute
 from s3t.errors import ConfigError
 from s3t.extras import require
 from s3t.system.config import S3TConfig
@@ -32,17 +34,30 @@ KERNEL_VARIABLES = (
     "MKL_ENABLE_INSTRUCTIONS",
     "MKL_CBWR",
     "ONEDNN_MAX_CPU_ISA",
+    "CUBLAS_WORKSPACE_CONFIG",
 )
 
 
-def train_shard(config: dict[str, Any], work: ShardWork, threads: int) -> list[TrainedStage]:
-    """Run in a Ray worker: train a shard's jobs with the driver's thread count."""
+def train_shard(
+    config: dict[str, Any],
+    work: ShardWork,
+    threads: int,
+    device: str = "cpu",
+    cache_memory: int = 4 * 2**30,
+) -> list[TrainedStage]:
+    """Run in a Ray worker: train a shard's jobs with the driver's thread count, precision
+    (it is in the config) and determinism settings, on ``device`` (a GPU Ray assigned, or
+    the CPU); the activation cache spills to a private temporary folder removed at the end."""
+    import tempfile
+
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return list(StageWorker(S3TConfig.from_dict(config)).run(work))
+        with tempfile.TemporaryDirectory(prefix="s3t-cache-") as scratch:
+            compute = Compute(device=device, cache_memory=cache_memory, cache_dir=Path(scratch))
+            return list(StageWorker(S3TConfig.from_dict(config), compute=compute).run(work))
     finally:
         torch.set_num_threads(before)
 
@@ -57,15 +72,27 @@ class RayExecutor:
         num_cpus: int | None = None,
         cpus_per_task: int = 1,
         threads: int | None = None,
+        gpus_per_task: float = 0.0,
+        cache_memory: int = 4 * 2**30,
+        num_gpus: int | None = None,
+        device: str | None = None,
     ) -> None:
         if cpus_per_task < 1:
             raise ConfigError(f"cpus_per_task must be >= 1, got {cpus_per_task!r}")
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads!r}")
+        if gpus_per_task < 0:
+            raise ConfigError(f"gpus_per_task must be >= 0, got {gpus_per_task!r}")
         self.address = address
         self.num_cpus = num_cpus
         self.cpus_per_task = cpus_per_task
         self.threads = threads
+        self.gpus_per_task = gpus_per_task
+        self.cache_memory = cache_memory
+        self.num_gpus = num_gpus
+        # a task computes on the GPU Ray assigned it (Ray sets CUDA_VISIBLE_DEVICES), else
+        # on the CPU; ``device`` overrides it
+        self.device = device or ("cuda" if gpus_per_task > 0 else "cpu")
 
     def _ray(self) -> Any:
         ray = require("ray", "ray", "training on Ray")
@@ -73,6 +100,7 @@ class RayExecutor:
             ray.init(
                 address=self.address,
                 num_cpus=None if self.address else self.num_cpus,
+                num_gpus=None if self.address else self.num_gpus,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
@@ -91,14 +119,16 @@ class RayExecutor:
 
         ray = self._ray()
         env = {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}
-        options: dict[str, Any] = {"num_cpus": self.cpus_per_task}
+        # a task asks for its CPUs and GPUs; with fewer GPUs than shards Ray queues the rest
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_task, "num_gpus": self.gpus_per_task}
         if env:
             options["runtime_env"] = {"env_vars": env}
         task = ray.remote(**options)(train_shard)
         threads = self.threads or torch.get_num_threads()
         pending = {}
         for shard in work:
-            pending[task.remote(config.to_dict(), shard, threads)] = shard
+            ref = task.remote(config.to_dict(), shard, threads, self.device, self.cache_memory)
+            pending[ref] = shard
             for job in shard.jobs:
                 on_event(StageEvent("start", job.key, detail={"samples": len(job.samples)}))
         while pending:

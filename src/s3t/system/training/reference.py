@@ -3,20 +3,27 @@ in a fresh model instance, through the same canonical computation as the trainer
 compare them with what the workspace serves.
 
 On the machine (CPU kernels, thread count) that trained a stage, its reference is
-bit-identical: the same artifact bytes, hence the same artifact id. Elsewhere the tensors
-agree within floating-point tolerance (see README, "Exactness"). Either way a stage that
+bit-identical: the same tensors, bit for bit, and with the same s3t and library versions
+and device type (recorded in the manifest) the same artifact bytes, hence the same artifact
+id. Elsewhere the tensors agree within floating-point tolerance (see README, "Exactness"). Either way a stage that
 was trained on a sample that is no longer there cannot match: its tensors depend on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from s3t.core.schedule import StageKey
 from s3t.engine.artifacts import decode_stage
 from s3t.engine.blocks import State
 from s3t.engine.loading import Backbone
+from s3t.engine.settings import Compute
 from s3t.errors import ArtifactError, InvalidRequestError
 from s3t.system.store.workspace import Workspace
 from s3t.system.training.stage_worker import ShardWork, StageJob, StageWorker
@@ -37,9 +44,10 @@ class ReferenceStage:
     samples: int
     recorded: str | None
     recomputed: str
-    identical: bool
+    identical: bool  # every tensor bit for bit
     max_abs_diff: float
     within_tolerance: bool
+    same_artifact: bool = False  # also the same manifest (versions, device): the same id
 
 
 @dataclass
@@ -82,6 +90,7 @@ def reference(
     seq: int,
     depth: int | None = None,
     backbone: Backbone | None = None,
+    compute: Compute | None = None,
 ) -> ReferenceReport:
     """Retrain stages 1..``depth`` (default: the sequence's valid depth) of sequence ``seq``
     of ``shard`` from scratch on the live samples of their slices, and compare each with
@@ -107,50 +116,68 @@ def reference(
         for d in range(1, depth + 1)
     ]
     work = ShardWork(shard, jobs, {}, workspace.examples().subset(sorted(homes)), dict(homes))
-    worker = StageWorker(workspace.config, backbone)
-    for d, trained in enumerate(worker.run(work), start=1):
-        recorded = row.positions[d - 1] if d <= len(row.positions) else None
-        diff = _difference(workspace, recorded, trained.block, trained.head)
-        report.stages.append(
-            ReferenceStage(
-                stage=d,
-                slices=list(row.perm[:d]),
-                samples=len(trained.samples),
-                recorded=recorded,
-                recomputed=trained.artifact,
-                identical=recorded == trained.artifact,
-                max_abs_diff=diff[0],
-                within_tolerance=diff[1],
-            )
+    with ExitStack() as stack:
+        # spill into the workspace, where a deletion erases it; a read-only one cannot hold it
+        scratch = (
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s3t-reference-")))
+            if workspace.read_only
+            else workspace.files.cache_folder
         )
-        report.blocks.append(trained.block)
-        report.head = trained.head
+        worker = StageWorker(
+            workspace.config, backbone, replace(compute or Compute(), cache_dir=scratch)
+        )
+        stack.callback(worker.close)
+        for d, trained in enumerate(worker.run(work), start=1):
+            recorded = row.positions[d - 1] if d <= len(row.positions) else None
+            worst, ok, equal = _difference(workspace, recorded, trained.block, trained.head)
+            report.stages.append(
+                ReferenceStage(
+                    stage=d,
+                    slices=list(row.perm[:d]),
+                    samples=len(trained.samples),
+                    recorded=recorded,
+                    recomputed=trained.artifact,
+                    identical=equal,
+                    max_abs_diff=worst,
+                    within_tolerance=ok,
+                    same_artifact=recorded == trained.artifact,
+                )
+            )
+            report.blocks.append(trained.block)
+            report.head = trained.head
     return report
 
 
 def _difference(
     workspace: Workspace, recorded: str | None, block: State, head: State
-) -> tuple[float, bool]:
-    """(largest absolute difference, within tolerance) of recorded vs recomputed tensors."""
+) -> tuple[float, bool, bool]:
+    """(largest absolute difference, within tolerance, bit-identical) of recorded vs
+    recomputed tensors."""
     if recorded is None:
-        return float("inf"), False
+        return float("inf"), False, False
     try:
         theirs_block, theirs_head, _ = decode_stage(workspace.files.read(recorded))
     except ArtifactError:
-        return float("inf"), False
-    worst, ok = 0.0, True
+        return float("inf"), False, False
+    worst, ok, equal = 0.0, True, True
     for mine, theirs in ((block, theirs_block), (head, theirs_head)):
         if set(mine) != set(theirs):
-            return float("inf"), False
+            return float("inf"), False, False
         for name, tensor in mine.items():
             other = theirs[name]
             if tensor.shape != other.shape:
-                return float("inf"), False
+                return float("inf"), False, False
             gap = float((tensor.double() - other.double()).abs().max()) if tensor.numel() else 0.0
             scale = float(other.double().abs().max()) if other.numel() else 0.0
             worst = max(worst, gap)
             ok &= gap <= ATOL + RTOL * scale
-    return worst, ok
+            equal &= tensor.dtype == other.dtype and bool(torch.equal(_bits(tensor), _bits(other)))
+    return worst, ok, equal
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's bytes (so that -0.0 differs from 0.0 and NaNs compare)."""
+    return tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8)
 
 
 def stage_tensors(workspace: Workspace, artifact: str) -> tuple[State, State]:

@@ -16,8 +16,10 @@ from s3t.data.examples import Examples
 from s3t.engine.artifacts import decode_stage, encode_stage, library_versions
 from s3t.engine.blocks import BlockModel, State
 from s3t.engine.cache import ActivationCache
+from s3t.engine.compute import resolve_device
 from s3t.engine.features import FeatureStore
 from s3t.engine.loading import Backbone, fingerprint, load_backbone
+from s3t.engine.settings import Compute
 from s3t.engine.train import StepCallback, train_stage
 from s3t.system.config import S3TConfig
 
@@ -63,20 +65,37 @@ class ShardWork:
 class StageWorker:
     """Trains stages of one configuration on a given set of samples."""
 
-    def __init__(self, config: S3TConfig, backbone: Backbone | None = None) -> None:
+    def __init__(
+        self, config: S3TConfig, backbone: Backbone | None = None, compute: Compute | None = None
+    ) -> None:
         self.config = config
+        compute = compute or Compute()
+        self.device = resolve_device(compute.device)
+        precision = config.train.precision
         if backbone is None:
-            backbone = load_backbone(config.model, seed=config.layout.seed)
-        self.engine = BlockModel(backbone, config.lora, config.layout.slices)
+            backbone = load_backbone(
+                config.model, seed=config.layout.seed, device=self.device, precision=precision
+            )
         self.base_fingerprint = fingerprint(backbone.model, skip=backbone.anatomy.head)
+        self.engine = BlockModel(
+            backbone, config.lora, config.layout.slices, self.device, precision
+        )
         self.store: FeatureStore | None = None
         self.cache = (
             ActivationCache(
-                self.engine, [self.engine.start_layer(i) for i in range(1, self.engine.slices + 1)]
+                self.engine,
+                [self.engine.start_layer(i) for i in range(1, self.engine.slices + 1)],
+                max_bytes=compute.cache_memory,
+                spill_dir=compute.cache_dir,
             )
             if config.train.cache_activations
             else None
         )
+
+    def close(self) -> None:
+        """Drop the activation cache (its spill files are deleted)."""
+        if self.cache is not None:
+            self.cache.close()
 
     def use_examples(
         self, examples: Examples, groups: Mapping[str, Hashable] | None = None
@@ -151,6 +170,7 @@ class StageWorker:
             "n_train": len(train),
             "config_hash": self.config.config_hash(),
             "base_fingerprint": self.base_fingerprint,
+            "device": self.device.type,
             "layers": list(self.engine.blocks[key.stage - 1]),
             "versions": library_versions(),
             "outcome": {

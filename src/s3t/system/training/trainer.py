@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from s3t.core.schedule import StageKey, order_stages, samples_digest
 from s3t.engine.loading import Backbone
+from s3t.engine.settings import Compute
 from s3t.errors import ArtifactError, InvalidRequestError, RetrainConflictError
 from s3t.system.config import S3TConfig
 from s3t.system.store.records import SequenceRow, StageRecord
@@ -89,18 +90,26 @@ class LocalExecutor:
     """Trains in this process with one model instance, a stage at a time (``stop`` ends
     it after the current stage)."""
 
-    def __init__(self, config: S3TConfig, backbone: Backbone | None = None) -> None:
+    def __init__(
+        self, config: S3TConfig, backbone: Backbone | None = None, compute: Compute | None = None
+    ) -> None:
         self._config = config
         self._backbone = backbone
+        self._compute = compute
         self._worker: StageWorker | None = None
 
     @property
     def worker(self) -> StageWorker:
         """The model instance (loaded on first use)."""
         if self._worker is None:
-            self._worker = StageWorker(self._config, self._backbone)
+            self._worker = StageWorker(self._config, self._backbone, self._compute)
             self._backbone = None
         return self._worker
+
+    def close(self) -> None:
+        """Release the model instance's activation cache (spill files included)."""
+        if self._worker is not None:
+            self._worker.close()
 
     def run(
         self,
@@ -136,14 +145,20 @@ class Trainer:
         on_event: EventCallback | None = None,
         backbone: Backbone | None = None,
         before_swap: Callable[[StageKey], None] | None = None,
+        compute: Compute | None = None,
     ) -> None:
         self.ws = workspace
         self.config = workspace.config
         self.on_event = on_event or (lambda event: None)
-        self.local = LocalExecutor(self.config, backbone)
+        compute = replace(compute or Compute(), cache_dir=workspace.files.cache_folder)
+        self.local = LocalExecutor(self.config, backbone, compute)
         #: called with the stage key after its file is written, before the swap (tests use
         #: it to land a deletion in between)
         self.before_swap = before_swap
+
+    def close(self) -> None:
+        """Release what the local executor holds (the activation cache's spill files)."""
+        self.local.close()
 
     def complete(
         self,
