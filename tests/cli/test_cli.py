@@ -250,6 +250,7 @@ def main_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int
         (["receipt", "no-such-request"], "no deletion request"),
         (["reference", "--shard", "7"], "shard must be in 0..1"),
         (["predict", "good", "--device", "tpu"], "device must be one of"),
+        (["retrain", "--ray", "--device", "cuda"], "give --gpus-per-task"),
         (["export", "--shard", "0", "--out", "x", "--device", "mps:9"], "device"),
     ],
 )

@@ -194,3 +194,48 @@ def test_a_cache_without_a_spill_folder_recomputes_the_same_bits(tiny_bert: Path
         results.append(_train(engine, settings, stage=2, cache=_cached(engine, None, budget)))
     assert_same_state(results[0].block, results[1].block)
     assert_same_state(results[0].head, results[1].head)
+
+
+def test_fp32_means_fp32_whatever_the_checkpoint_was_saved_in(tmp_path: Path) -> None:
+    from tiny import save_tiny_text_model
+
+    path = save_tiny_text_model(tmp_path / "half", "bert", layers=3)
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_pretrained(path).half().save_pretrained(path)
+    engine = _engine(path)
+    assert {p.dtype for p in engine.model.parameters()} == {torch.float32}
+    result = _train(engine, TrainSettings(lr=1e-2, batch_size=8))
+    assert all(t.dtype == torch.float32 for t in result.head.values())
+
+
+def test_a_spill_the_guard_refuses_stays_in_memory_and_a_dropped_group_is_recomputed(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """The guard says no (a member was deleted since the snapshot): no file is written; a
+    group dropped mid-stage (a deletion) is computed again when next read."""
+    from contextlib import contextmanager
+
+    asked: list[tuple[str, ...]] = []
+
+    @contextmanager
+    def refuse(members):  # type: ignore[no-untyped-def]
+        asked.append(tuple(members))
+        yield False
+
+    engine = _engine(tiny_bert)
+    layers = [engine.start_layer(i) for i in (1, 2, 3)]
+    cache = ActivationCache(
+        engine, layers, batch_size=8, max_bytes=0, spill_dir=tmp_path, spill_guard=refuse
+    )
+    texts, labels = sentiment_texts(len(IDS), seed=5)
+    cache.bind(
+        FeatureStore(engine.backbone, IDS, text=texts, labels=labels),
+        {s: i % 3 for i, s in enumerate(IDS)},
+    )
+    rows = list(range(len(IDS)))
+    before = cache.batch(layers[1], rows)
+    assert len(asked) == 3 and not list(tmp_path.iterdir()) and cache.spilled_bytes == 0
+    cache.drop([0, 1, 2])
+    assert cache.memory_bytes == 0
+    assert torch.equal(cache.batch(layers[1], rows), before)

@@ -63,3 +63,32 @@ def test_a_version_1_workspace_is_upgraded_on_open(trained: Path) -> None:
         assert b"fp-" not in path.read_bytes()  # no content fingerprint survives
     upgraded.forget([upgraded.samples(1)[0].id])
     assert upgraded.verify().ok
+
+
+def test_settings_added_later_keep_the_config_hash_of_existing_workspaces() -> None:
+    """Stages are reused by config hash: a workspace written before precision, quantisation,
+    accumulation and checkpointing existed keeps its hash while they are at their defaults."""
+    import hashlib
+    import json
+
+    from s3t.engine.settings import ModelSpec, TrainSettings
+    from s3t.system.config import LayoutSettings, S3TConfig
+
+    config = S3TConfig(model=ModelSpec("m"), layout=LayoutSettings(slices=3, seed=4))
+    old = config.to_dict()
+    old["model"].pop("quantize")
+    for name in ("precision", "gradient_checkpointing", "accumulation_steps"):
+        old["train"].pop(name)
+    shaping = {
+        "model": old["model"],
+        "lora": old["lora"],
+        "train": old["train"],
+        "seed": 4,
+        "slices": 3,
+    }  # how s3t 0.1 hashed a config
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+    assert config.config_hash() == digest
+    checkpointed = config.with_overrides(train={"gradient_checkpointing": True})
+    assert checkpointed.config_hash() == digest  # memory, not results
+    assert config.with_overrides(train={"precision": "bf16"}).config_hash() != digest
+    assert TrainSettings().precision == "fp32"

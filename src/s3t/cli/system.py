@@ -307,7 +307,7 @@ def retrain(
             outcomes = system.retrain(
                 shard or None,
                 on_event=stage_progress(update, quiet=as_json),
-                executor=ray_executor(ray, ray_address, gpus_per_task),
+                executor=ray_executor(ray, ray_address, gpus_per_task, device),
             )
         rows = [o.to_dict() for o in outcomes]
         status = system.status().to_dict()

@@ -160,7 +160,7 @@ def train(
             dataset,
             settings,
             on_event=stage_progress(update, quiet=as_json),
-            executor=ray_executor(ray, ray_address, gpus_per_task),
+            executor=ray_executor(ray, ray_address, gpus_per_task, device, cache_memory),
             compute=compute_options(device, cache_memory),
         )
     summary = training_summary(system)
@@ -208,13 +208,32 @@ def _resolve_config(
     return base.with_overrides(**overrides)
 
 
-def ray_executor(enabled: bool, address: str | None, gpus_per_task: float = 0.0) -> Any:
-    """The Ray executor when asked for (``--ray``/``--ray-address``), else ``None``."""
+def ray_executor(
+    enabled: bool,
+    address: str | None,
+    gpus_per_task: float = 0.0,
+    device: str = "auto",
+    cache_memory: str = "4G",
+) -> Any:
+    """The Ray executor when asked for (``--ray``/``--ray-address``), else ``None``: shard
+    tasks compute on the GPU Ray gives them (``--gpus-per-task``), else on the CPU."""
     if not enabled and not address:
         return None
+    from s3t.engine.settings import parse_bytes
+    from s3t.errors import InvalidRequestError
     from s3t.system.training.distributed import RayExecutor
 
-    return RayExecutor(address=address, gpus_per_task=gpus_per_task)
+    if device not in ("auto", "cpu") and gpus_per_task <= 0:
+        raise InvalidRequestError(
+            f"--ray with --device {device}: give --gpus-per-task so that Ray gives each "
+            "shard task a GPU (tasks without one train on the CPU)"
+        )
+    return RayExecutor(
+        address=address,
+        gpus_per_task=gpus_per_task,
+        cache_memory=parse_bytes(cache_memory),
+        device=None if device == "auto" else device,
+    )
 
 
 def compute_options(device: str, cache_memory: str) -> Any:

@@ -43,22 +43,16 @@ def theoretical_delta_sisa_retrain(shards: int) -> float:
     return shards * harmonic(shards)
 
 
-@dataclass(frozen=True)
-class SimulationResult:
-    """Outcome of :func:`simulate`. Curves are indexed by the number of requests r = 0..horizon."""
+class DeltaStatistics:
+    """What simulation outcomes share: δ per trial (the request at which service failed)
+    and the mean served depth per shard after r requests."""
 
-    deltas: np.ndarray  # (trials,) request index (1-based) at which service failed
-    depth_curve: np.ndarray  # (horizon+1,) mean served depth per shard (dead shards count 0)
-    live_curve: np.ndarray  # (horizon+1,) mean number of live shards
-    shards: int
-    slices: int
-    budget: int
-    theory: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+    deltas: np.ndarray
+    depth_curve: np.ndarray
 
     @property
     def mean(self) -> float:
-        """Mean number of deletions served up to and including the one that failed service."""
+        """Mean number of requests served up to and including the one that failed service."""
         return float(self.deltas.mean())
 
     @property
@@ -70,6 +64,20 @@ class SimulationResult:
     def depth_after(self, r: int) -> float:
         """Mean served depth per shard after r requests."""
         return float(self.depth_curve[min(r, len(self.depth_curve) - 1)])
+
+
+@dataclass(frozen=True)
+class SimulationResult(DeltaStatistics):
+    """Outcome of :func:`simulate`. Curves are indexed by the number of requests r = 0..horizon."""
+
+    deltas: np.ndarray  # (trials,) request index (1-based) at which service failed
+    depth_curve: np.ndarray  # (horizon+1,) mean served depth per shard (dead shards count 0)
+    live_curve: np.ndarray  # (horizon+1,) mean number of live shards
+    shards: int
+    slices: int
+    budget: int
+    theory: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def simulate(

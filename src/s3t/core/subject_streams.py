@@ -12,34 +12,19 @@ import numpy as np
 
 from s3t.core.partition import partition
 from s3t.core.sequences import Perm, select_sequences
-from s3t.core.simulate import loss_times, theoretical_delta
+from s3t.core.simulate import DeltaStatistics, loss_times, theoretical_delta
 from s3t.core.subjects import subject_ids
 from s3t.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class SubjectStreams:
+class SubjectStreams(DeltaStatistics):
     """Deletion streams in subject requests for one layout: δ per trial (requests until
     every shard lost every model) and mean served depth after r requests."""
 
     deltas: np.ndarray
     depth_curve: np.ndarray
     live_curve: np.ndarray
-
-    @property
-    def mean(self) -> float:
-        """Mean δ in subject requests."""
-        return float(self.deltas.mean())
-
-    @property
-    def ci95(self) -> float:
-        """Half-width of the 95% confidence interval of :attr:`mean`."""
-        n = len(self.deltas)
-        return float(1.96 * self.deltas.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-
-    def depth_after(self, r: int) -> float:
-        """Mean served depth per shard after r subject requests."""
-        return float(self.depth_curve[min(r, len(self.depth_curve) - 1)])
 
 
 def simulate_subjects(

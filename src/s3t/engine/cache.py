@@ -26,9 +26,11 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 import uuid
 import weakref
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ from s3t.engine.features import FeatureStore
 from s3t.engine.settings import Family
 
 log = logging.getLogger(__name__)
+
+#: around writing a spill file of these sample ids: yields whether it may be written
+SpillGuard = Callable[[Sequence[str]], AbstractContextManager[bool]]
 
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
 
@@ -70,7 +75,13 @@ class _Spilled:
         # the file holds encoded features: it goes when the group is dropped, or at exit
         self._finalizer = weakref.finalize(self, path.unlink, missing_ok=True)
         with open(path, "w+b") as fh:
-            fh.truncate(size)
+            try:  # reserve the blocks now: a full disk is an error here, not a SIGBUS later
+                os.posix_fallocate(fh.fileno(), 0, size)
+            except OSError as exc:
+                path.unlink(missing_ok=True)
+                raise OSError(
+                    exc.errno, f"cannot spill the activation cache to {path}: {exc.strerror}"
+                ) from None
             self._mmap = mmap.mmap(fh.fileno(), size)
         self.map: np.ndarray[Any, Any] | None = np.frombuffer(
             self._mmap, dtype=numpy_dtype, count=len(self.layers) * self.total * hidden
@@ -89,10 +100,9 @@ class _Spilled:
         tensor = torch.from_numpy(np.array(self.map[self.layers.index(layer), start : start + n]))
         return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
 
-    def release(self, written: bool = False) -> None:
-        """Drop the file's pages from this process (the data stays in the file)."""
-        if written:
-            self._mmap.flush()
+    def release(self) -> None:
+        """Drop the file's pages from this process (the data stays in the file: on a shared
+        file mapping, dirty pages go to the page cache, not away)."""
         if hasattr(mmap, "MADV_DONTNEED"):
             self._mmap.madvise(mmap.MADV_DONTNEED)
 
@@ -112,8 +122,11 @@ class ActivationCache:
         batch_size: int = 64,
         max_bytes: int = 4 * 2**30,
         spill_dir: Path | None = None,
+        spill_guard: SpillGuard | None = None,
     ) -> None:
         self.engine = engine
+        self.spill_guard = spill_guard
+        self._lock = threading.RLock()
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.spill_dir = spill_dir
@@ -141,6 +154,10 @@ class ActivationCache:
         """Serve rows of ``store`` from now on, grouped by ``groups`` (sample id -> group;
         one group for all by default). Groups whose members are unchanged keep their
         cached values; the others are dropped (their spill files deleted)."""
+        with self._lock:
+            self._bind(store, groups)
+
+    def _bind(self, store: FeatureStore, groups: Mapping[str, Hashable] | None) -> None:
         self.store = store
         self._group_of = {sid: (groups.get(sid) if groups else None) for sid in store.ids}
         members: dict[Hashable, list[str]] = {}
@@ -153,8 +170,16 @@ class ActivationCache:
 
     def close(self) -> None:
         """Drop everything (spill files included)."""
-        for group in list(self._computed):
-            self._drop(group)
+        with self._lock:
+            for group in list(self._computed):
+                self._drop(group)
+
+    def drop(self, groups: Iterable[Hashable]) -> None:
+        """Drop these groups now (e.g. they held a sample just forgotten); a stage still
+        reading them recomputes them, in memory if the spill guard refuses a file."""
+        with self._lock:
+            for group in groups:
+                self._drop(group)
 
     def _drop(self, group: Hashable) -> None:
         self._computed.pop(group, None)
@@ -183,6 +208,10 @@ class ActivationCache:
 
     def ensure(self, rows: Sequence[int]) -> None:
         """Compute every cached layer's input for the groups of ``rows`` not cached yet."""
+        with self._lock:
+            self._ensure(rows)
+
+    def _ensure(self, rows: Sequence[int]) -> None:
         store = self.store
         assert store is not None, "bind() a feature store first"
         wanted = dict.fromkeys(self._group_of[store.ids[r]] for r in rows)
@@ -194,53 +223,66 @@ class ActivationCache:
             if self.memory_bytes + needed * self._hidden() * 4 * len(self.layers) > self.max_bytes:
                 for group in [g for g in self._memory if g not in wanted]:
                     self._drop(group)
-        image = store.family is Family.IMAGE
-        hidden = self._hidden()
         for group in missing:
-            members = self._members[group]
-            order = sorted(
-                (store.row_of[s] for s in members),
-                key=lambda r: (int(store.lengths([r])[0]), store.ids[r]),
-            )
-            spill: _Spilled | None = None
-            memory: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self.layers}
-            size = 0
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                states = self.engine.hidden_states_at(store.collate(chunk), self.layers)
-                if spill is None and start == 0:
-                    dtype = states[self.layers[0]].dtype
-                    size = (
-                        self._tokens(order)
-                        * hidden
-                        * len(self.layers)
-                        * torch.tensor([], dtype=dtype).element_size()
-                    )
-                    if self.memory_bytes + size > self.max_bytes and self.spill_dir is not None:
-                        spill = self._spill_file(
-                            group, order, states[self.layers[0]].shape[1] if image else None, dtype
-                        )
-                lengths = store.lengths(chunk)
-                for layer in self.layers:
-                    for i, row in enumerate(chunk):
-                        width = states[layer].shape[1] if image else int(lengths[i])
-                        value = states[layer][i, :width]
-                        if spill is not None:
-                            spill.write(layer, store.ids[row], value)
-                        else:
-                            memory[layer][store.ids[row]] = value.detach().cpu().clone()
-                if spill is not None and (start // self.batch_size) % 16 == 15:
-                    spill.release(written=True)  # a large group is never resident at once
-            if spill is not None:
-                self._spilled[group] = spill
-                spill.release(written=True)
-            else:
-                self._memory[group] = memory
-            self._bytes[group] = size
-            self._computed[group] = members
+            with ExitStack() as stack:
+                self._compute(group, stack)
+
+    def _compute(self, group: Hashable, stack: ExitStack) -> None:
+        """Compute one group in its canonical order, into memory or a spill file (written
+        while the spill guard, if any, allows it)."""
+        store = self.store
+        assert store is not None
+        image = store.family is Family.IMAGE
+        members = self._members[group]
+        order = sorted(
+            (store.row_of[s] for s in members),
+            key=lambda r: (int(store.lengths([r])[0]), store.ids[r]),
+        )
+        spill: _Spilled | None = None
+        memory: dict[int, dict[str, torch.Tensor]] = {layer: {} for layer in self.layers}
+        size = 0
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            states = self.engine.hidden_states_at(store.collate(chunk), self.layers)
+            if start == 0:
+                first = states[self.layers[0]]
+                hidden = int(first.shape[-1])
+                size = self._tokens(order) * hidden * len(self.layers) * first.element_size()
+                if self.memory_bytes + size > self.max_bytes and self.spill_dir is not None:
+                    allowed = True
+                    if self.spill_guard is not None:
+                        allowed = stack.enter_context(self.spill_guard(members))
+                    if allowed:
+                        width = int(first.shape[1]) if image else None
+                        spill = self._spill_file(group, order, width, hidden, first.dtype)
+                    else:
+                        log.info("activation cache: %s changed meanwhile; kept in memory", group)
+            lengths = store.lengths(chunk)
+            for layer in self.layers:
+                for i, row in enumerate(chunk):
+                    width = states[layer].shape[1] if image else int(lengths[i])
+                    value = states[layer][i, :width]
+                    if spill is not None:
+                        spill.write(layer, store.ids[row], value)
+                    else:
+                        memory[layer][store.ids[row]] = value.detach().cpu().clone()
+            if spill is not None and (start // self.batch_size) % 16 == 15:
+                spill.release()  # a large group is never resident at once
+        if spill is not None:
+            self._spilled[group] = spill
+            spill.release()
+        else:
+            self._memory[group] = memory
+        self._bytes[group] = size
+        self._computed[group] = members
 
     def _spill_file(
-        self, group: Hashable, order: list[int], width: int | None, dtype: torch.dtype
+        self,
+        group: Hashable,
+        order: list[int],
+        width: int | None,
+        hidden: int,
+        dtype: torch.dtype,
     ) -> _Spilled:
         assert self.store is not None and self.spill_dir is not None
         self.spill_dir.mkdir(parents=True, exist_ok=True)
@@ -253,12 +295,17 @@ class ActivationCache:
         name = "-".join(str(x) for x in (group if isinstance(group, tuple) else (group,)))
         path = self.spill_dir / f"{name}-{self._token}.activations"
         log.info("activation cache: spilling group %s to %s", group, path)
-        return _Spilled(path, rows, self.layers, self._hidden(), dtype)
+        return _Spilled(path, rows, self.layers, hidden, dtype)
 
     def batch(self, layer: int, rows: Sequence[int]) -> torch.Tensor:
         """Return the cached inputs of ``layer`` for ``rows``, zero-padded like
         :meth:`FeatureStore.collate` pads the batch (padded positions are masked anyway)."""
+        with self._lock:
+            return self._batch(layer, rows)
+
+    def _batch(self, layer: int, rows: Sequence[int]) -> torch.Tensor:
         assert self.store is not None
+        self._ensure(rows)  # groups dropped since (a deletion) are computed again
         tensors = []
         read: set[Hashable] = set()
         for r in rows:

@@ -58,14 +58,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def configure_determinism(device: torch.device) -> None:
     """Ask for deterministic kernels where bit-identity needs them: on CUDA, deterministic
-    algorithms, a fixed cuBLAS workspace and no TF32; CPU kernels are deterministic for a
-    fixed thread count already. An op with no deterministic CUDA kernel logs a warning
-    (rather than stopping training): that run's stages may then differ from their
-    reference in the last bits, while lineage exactness, which never rests on kernels,
-    holds."""
+    algorithms (which also switches attention's backward to its deterministic kernels), a
+    fixed cuBLAS workspace and no TF32; CPU kernels are deterministic for a fixed thread
+    count already. An op with no deterministic CUDA kernel then stops training with
+    torch's error naming it: bit-identity is never silently given up."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -83,7 +83,11 @@ def load_backbone(
         ) from exc
     family = spec.family or guess_family(config)
     auto = _auto_class(family)
-    kwargs: dict[str, Any] = {}
+    from s3t.engine.compute import precision_dtype
+
+    # the precision's dtype, whatever the checkpoint was saved in (transformers would keep a
+    # half-precision checkpoint in half precision: an fp32 run must not train through it)
+    kwargs: dict[str, Any] = {"dtype": precision_dtype(precision)}
     if spec.quantize is not None:
         kwargs.update(_quantization(spec, family, device, precision))
     if family is not Family.CAUSAL_LM:

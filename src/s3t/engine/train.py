@@ -123,17 +123,22 @@ def _train_stage(
     losses: list[float] = []
     began = time.perf_counter()
     epochs_run = 0
+    seen = 0
     for epoch in range(settings.epochs):
         epochs_run = epoch + 1
+        batches = len(plans[epoch])
         for i, batch_positions in enumerate(plans[epoch]):
             batch_rows = rows[batch_positions].tolist()
             batch = store.collate(batch_rows)
             hidden = cache.batch(start, batch_rows) if cache is not None else None
             logits = engine.forward(batch, start, hidden)
             loss = task_loss(engine.family, logits, batch["labels"].to(logits.device))
-            scaler.scale(loss / accumulate).backward()
+            # the mean over the group of batches this step adds up (the last may be short)
+            group = min(accumulate, batches - (i // accumulate) * accumulate)
+            scaler.scale(loss / group).backward()
             losses.append(float(loss.detach()))
-            if (i + 1) % accumulate and i + 1 < len(plans[epoch]):
+            seen += len(batch_rows)
+            if (i + 1) % accumulate and i + 1 < batches:
                 continue  # gradients add up until the next optimiser step
             scaler.unscale_(optimizer)
             if settings.max_grad_norm is not None:
@@ -145,7 +150,6 @@ def _train_stage(
             step += 1
             if on_step is not None:
                 elapsed = time.perf_counter() - began
-                seen = step * settings.batch_size * accumulate
                 on_step(
                     step,
                     total,

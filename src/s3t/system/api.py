@@ -181,9 +181,10 @@ class S3T:
             on_event(StageEvent("memory", StageKey(-1, ()), detail=detail))
         ws = Workspace.create(workspace, config, dataset, risk)
         system = cls(ws, compute)
-        system._trainer = Trainer(
-            ws, on_event, backbone=None if executor else backbone, compute=compute
-        )
+        local = None if executor else backbone  # Ray workers load their own: free this one
+        del backbone
+        system._trainer = Trainer(ws, on_event, backbone=local, compute=compute)
+        del local
         system._trainer.complete(executor=executor)
         return system
 
@@ -350,6 +351,13 @@ class S3T:
         snapshot delays the erasure, the receipt says ``pending`` and this process finishes
         it in the background."""
         receipt = forget(self._ws, ids, subjects)
+        if receipt.deleted and not self._ws.read_only:
+            # this process's trainers let go of the cached features of those samples (their
+            # spill files are already deleted; this closes the mappings)
+            groups = self._ws.registry().deleted_groups([receipt.request_id])
+            for holder in (self._trainer, self.background):
+                if holder is not None:
+                    holder.drop_cached(groups)
         if receipt.erasure == "pending":
             self.start_maintenance().wake()
         if self.background is not None and receipt.truncated:

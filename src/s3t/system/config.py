@@ -116,10 +116,15 @@ class S3TConfig:
     def config_hash(self) -> str:
         """Hash of everything that shapes trained tensors (not the layout's shard count:
         a stage's data and seed already pin that down)."""
+        data = self.to_dict()
+        for section, name in _LATER_FIELDS:  # at their defaults: the hashes of s3t 0.1
+            if data[section].get(name) == _LATER_DEFAULTS[(section, name)]:
+                data[section].pop(name, None)
+        data["train"].pop("gradient_checkpointing", None)  # memory, not results (bit-identical)
         shaping = {
-            "model": self.to_dict()["model"],
-            "lora": self.to_dict()["lora"],
-            "train": self.to_dict()["train"],
+            "model": data["model"],
+            "lora": data["lora"],
+            "train": data["train"],
             "seed": self.layout.seed,
             "slices": self.layout.slices,
         }
@@ -133,6 +138,16 @@ class S3TConfig:
             if values
         }
         return replace(self, **updated)
+
+
+#: settings added after s3t 0.1, left out of the hash at their defaults so that existing
+#: workspaces keep their config hash (and reuse their stages)
+_LATER_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("model", "quantize"): None,
+    ("train", "precision"): "fp32",
+    ("train", "accumulation_steps"): 1,
+}
+_LATER_FIELDS = tuple(_LATER_DEFAULTS)
 
 
 def _build(kind: type, values: dict[str, Any], section: str) -> Any:

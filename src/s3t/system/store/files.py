@@ -6,12 +6,14 @@ the workspace.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from s3t.engine.artifacts import write_atomic
@@ -136,6 +138,29 @@ class ArtifactFiles:
             if (scratch and not _alive(int(scratch.group(1)))) or _older(path, cutoff):
                 out.append(path)
         return sorted(out)
+
+    @contextmanager
+    def cache_lock(self, exclusive: bool, timeout: float | None = None) -> Iterator[bool]:
+        """Hold the activation-cache folder's lock: shared while a trainer writes a spill
+        file, exclusive while an erasure deletes them. Yields False if an exclusive lock
+        was not had within ``timeout`` seconds (None: wait)."""
+        self.cache_folder.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_folder / ".lock", "a+b") as fh:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh, mode | (fcntl.LOCK_NB if deadline is not None else 0))
+                    break
+                except BlockingIOError:
+                    if deadline is None or time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.02)
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def cache_files(self, groups: set[tuple[int, int]] | None = None) -> list[Path]:
         """Activation-cache spill files (of these (shard, slice) groups): they hold encoded

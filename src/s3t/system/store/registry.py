@@ -657,6 +657,19 @@ class Registry:
         """How many deletion requests were recorded."""
         return int(self.db.execute("SELECT count(*) FROM deletions").fetchone()[0])
 
+    def any_deleted(self, ids: Sequence[str]) -> bool:
+        """Whether any of these samples is deleted (or unknown: forgotten and gone)."""
+        wanted = list(dict.fromkeys(ids))
+        live = 0
+        for chunk in chunks(wanted):
+            marks = ",".join("?" * len(chunk))
+            (count,) = self.db.execute(
+                f"SELECT COUNT(*) FROM samples WHERE deleted_at IS NULL AND id IN ({marks})",
+                chunk,
+            ).fetchone()
+            live += int(count)
+        return live != len(wanted)
+
     def deleted_groups(self, request_ids: Sequence[str]) -> set[tuple[int, int]]:
         """The (shard, slice) cells of the samples these deletion requests removed."""
         out: set[tuple[int, int]] = set()

@@ -14,6 +14,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +163,11 @@ class Workspace:
                 log.warning("could not remove purged artifact %s: %s", artifact, exc)
                 blocked = True
         groups = registry.deleted_groups(list(pending))
-        unlink_all(self.files.cache_files(groups))  # cached features of the deleted samples
+        # cached features of the deleted samples: under the cache lock, so that no trainer
+        # is half-way through writing one from a snapshot taken before the deletion
+        with self.files.cache_lock(exclusive=True, timeout=busy_ms / 1000) as locked:
+            spilled = self.files.cache_files(groups) if locked else []
+            blocked |= not locked or unlink_all(spilled) < sum(p.exists() for p in spilled)
         latest = max(pending.values())
         for path in self.files.unregistered(registry.artifact_ids(), written_before=latest):
             if time.time() - _mtime(path) > ORPHAN_GRACE_SECONDS:
@@ -172,6 +178,14 @@ class Workspace:
             return sorted(pending)
         registry.complete_erasures(pending)
         return sorted(set(registry.pending_erasures()))
+
+    @contextmanager
+    def spill_guard(self, members: Sequence[str]) -> Iterator[bool]:
+        """Around writing an activation-cache spill file of these samples: yields whether
+        it may be written (none of them deleted meanwhile), holding the cache lock shared
+        so that an erasure waits for the file and then deletes it."""
+        with self.files.cache_lock(exclusive=False) as locked:
+            yield locked and not self.registry().any_deleted(members)
 
     def _remove_artifact(self, artifact: str) -> int:
         try:

@@ -85,6 +85,12 @@ class BackgroundRetrainer:
         """The shards the policy says to retrain now."""
         return self.policy.shards_due(self.ws)
 
+    def drop_cached(self, groups: set[tuple[int, int]]) -> None:
+        """Forget the cached activations of these (shard, slice) groups (a deletion)."""
+        trainer = self._trainer
+        if trainer is not None:
+            trainer.drop_cached(groups)
+
     def wake(self) -> None:
         """Check the policy now (e.g. right after a deletion)."""
         self._idle.clear()

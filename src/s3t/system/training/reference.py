@@ -11,6 +11,7 @@ was trained on a sample that is no longer there cannot match: its tensors depend
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
@@ -28,10 +29,15 @@ from s3t.errors import ArtifactError, InvalidRequestError
 from s3t.system.store.workspace import Workspace
 from s3t.system.training.stage_worker import ShardWork, StageJob, StageWorker
 
+log = logging.getLogger(__name__)
+
 #: stated cross-machine tolerance: |a - b| <= ATOL + RTOL * max|b|, per tensor (measured:
 #: up to 1e-5 relative between code paths that pad differently, AVX-512 vs AVX2 kernels)
 RTOL = 1e-4
 ATOL = 1e-6
+#: the same for mixed precision, scaled to the half-precision dtypes' rounding (bf16 keeps
+#: 8 bits of mantissa, fp16 11); not measured across devices (no GPU was available)
+TOLERANCE = {"fp32": (RTOL, ATOL), "bf16": (2e-2, 1e-4), "fp16": (4e-3, 1e-5)}
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,10 @@ def reference(
         for d in range(1, depth + 1)
     ]
     work = ShardWork(shard, jobs, {}, workspace.examples().subset(sorted(homes)), dict(homes))
+    compute = compute or Compute()
+    if compute.device == "auto":  # where the recorded stages were trained, if it is here
+        compute = replace(compute, device=_recorded_device(workspace, row.positions))
+    rtol, atol = TOLERANCE[workspace.config.train.precision]
     with ExitStack() as stack:
         # spill into the workspace, where a deletion erases it; a read-only one cannot hold it
         scratch = (
@@ -124,12 +134,17 @@ def reference(
             else workspace.files.cache_folder
         )
         worker = StageWorker(
-            workspace.config, backbone, replace(compute or Compute(), cache_dir=scratch)
+            workspace.config,
+            backbone,
+            replace(compute, cache_dir=scratch),
+            None if workspace.read_only else workspace.spill_guard,
         )
         stack.callback(worker.close)
         for d, trained in enumerate(worker.run(work), start=1):
             recorded = row.positions[d - 1] if d <= len(row.positions) else None
-            worst, ok, equal = _difference(workspace, recorded, trained.block, trained.head)
+            worst, ok, equal = _difference(
+                workspace, recorded, trained.block, trained.head, rtol, atol
+            )
             report.stages.append(
                 ReferenceStage(
                     stage=d,
@@ -148,8 +163,31 @@ def reference(
     return report
 
 
+def _recorded_device(workspace: Workspace, positions: tuple[str, ...]) -> str:
+    """The device type the first recorded stage was trained on, if this machine has one
+    (stages trained on a GPU are recomputed on a GPU); else ``auto``."""
+    import torch
+
+    try:
+        _, _, manifest = decode_stage(workspace.files.read(positions[0]))
+    except (ArtifactError, IndexError, OSError):
+        return "auto"
+    kind = str(manifest.get("device", "cpu"))
+    if kind == "cpu" or (kind == "cuda" and torch.cuda.is_available()):
+        return kind
+    if kind == "mps" and torch.backends.mps.is_available():
+        return kind
+    log.warning("stages were trained on %s, which is not here: recomputing on another device", kind)
+    return "auto"
+
+
 def _difference(
-    workspace: Workspace, recorded: str | None, block: State, head: State
+    workspace: Workspace,
+    recorded: str | None,
+    block: State,
+    head: State,
+    rtol: float = RTOL,
+    atol: float = ATOL,
 ) -> tuple[float, bool, bool]:
     """(largest absolute difference, within tolerance, bit-identical) of recorded vs
     recomputed tensors."""
@@ -170,7 +208,7 @@ def _difference(
             gap = float((tensor.double() - other.double()).abs().max()) if tensor.numel() else 0.0
             scale = float(other.double().abs().max()) if other.numel() else 0.0
             worst = max(worst, gap)
-            ok &= gap <= ATOL + RTOL * scale
+            ok &= gap <= atol + rtol * scale
             equal &= tensor.dtype == other.dtype and bool(torch.equal(_bits(tensor), _bits(other)))
     return worst, ok, equal
 

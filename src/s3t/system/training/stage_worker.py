@@ -15,7 +15,7 @@ from s3t.core.schedule import StageKey, is_validation, samples_digest, stage_see
 from s3t.data.examples import Examples
 from s3t.engine.artifacts import decode_stage, encode_stage, library_versions
 from s3t.engine.blocks import BlockModel, State
-from s3t.engine.cache import ActivationCache
+from s3t.engine.cache import ActivationCache, SpillGuard
 from s3t.engine.compute import resolve_device
 from s3t.engine.features import FeatureStore
 from s3t.engine.loading import Backbone, fingerprint, load_backbone
@@ -66,7 +66,11 @@ class StageWorker:
     """Trains stages of one configuration on a given set of samples."""
 
     def __init__(
-        self, config: S3TConfig, backbone: Backbone | None = None, compute: Compute | None = None
+        self,
+        config: S3TConfig,
+        backbone: Backbone | None = None,
+        compute: Compute | None = None,
+        spill_guard: SpillGuard | None = None,
     ) -> None:
         self.config = config
         compute = compute or Compute()
@@ -87,6 +91,7 @@ class StageWorker:
                 [self.engine.start_layer(i) for i in range(1, self.engine.slices + 1)],
                 max_bytes=compute.cache_memory,
                 spill_dir=compute.cache_dir,
+                spill_guard=spill_guard,
             )
             if config.train.cache_activations
             else None
@@ -96,6 +101,11 @@ class StageWorker:
         """Drop the activation cache (its spill files are deleted)."""
         if self.cache is not None:
             self.cache.close()
+
+    def drop_cached(self, groups: set[tuple[int, int]]) -> None:
+        """Drop these (shard, slice) groups from the activation cache (their samples changed)."""
+        if self.cache is not None:
+            self.cache.drop(groups)
 
     def use_examples(
         self, examples: Examples, groups: Mapping[str, Hashable] | None = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from s3t.core.schedule import StageKey, order_stages, samples_digest
+from s3t.engine.cache import SpillGuard
 from s3t.engine.loading import Backbone
 from s3t.engine.settings import Compute
 from s3t.errors import ArtifactError, InvalidRequestError, RetrainConflictError
@@ -91,18 +92,25 @@ class LocalExecutor:
     it after the current stage)."""
 
     def __init__(
-        self, config: S3TConfig, backbone: Backbone | None = None, compute: Compute | None = None
+        self,
+        config: S3TConfig,
+        backbone: Backbone | None = None,
+        compute: Compute | None = None,
+        spill_guard: SpillGuard | None = None,
     ) -> None:
         self._config = config
         self._backbone = backbone
         self._compute = compute
+        self._spill_guard = spill_guard
         self._worker: StageWorker | None = None
 
     @property
     def worker(self) -> StageWorker:
         """The model instance (loaded on first use)."""
         if self._worker is None:
-            self._worker = StageWorker(self._config, self._backbone, self._compute)
+            self._worker = StageWorker(
+                self._config, self._backbone, self._compute, self._spill_guard
+            )
             self._backbone = None
         return self._worker
 
@@ -110,6 +118,11 @@ class LocalExecutor:
         """Release the model instance's activation cache (spill files included)."""
         if self._worker is not None:
             self._worker.close()
+
+    def drop_cached(self, groups: set[tuple[int, int]]) -> None:
+        """Forget the cached activations of these (shard, slice) groups."""
+        if self._worker is not None:
+            self._worker.drop_cached(groups)
 
     def run(
         self,
@@ -151,7 +164,7 @@ class Trainer:
         self.config = workspace.config
         self.on_event = on_event or (lambda event: None)
         compute = replace(compute or Compute(), cache_dir=workspace.files.cache_folder)
-        self.local = LocalExecutor(self.config, backbone, compute)
+        self.local = LocalExecutor(self.config, backbone, compute, workspace.spill_guard)
         #: called with the stage key after its file is written, before the swap (tests use
         #: it to land a deletion in between)
         self.before_swap = before_swap
@@ -159,6 +172,10 @@ class Trainer:
     def close(self) -> None:
         """Release what the local executor holds (the activation cache's spill files)."""
         self.local.close()
+
+    def drop_cached(self, groups: set[tuple[int, int]]) -> None:
+        """Forget the cached activations of these (shard, slice) groups (a deletion)."""
+        self.local.drop_cached(groups)
 
     def complete(
         self,
