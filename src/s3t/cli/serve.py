@@ -137,6 +137,9 @@ def serve(
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
+    # the model thread holds the GIL between torch calls; switching threads every 1 ms
+    # (Python's default: 5 ms) keeps deletions, status and probes from queueing behind it
+    sys.setswitchinterval(0.001)
     uvicorn.run(
         app_for_workspace(workspace, policy, settings),
         host=host,

@@ -345,17 +345,18 @@ def _service_markdown(v: dict[str, Any]) -> list[str]:
     ):
         for route in ("predict", "status", "forget"):
             r = run["routes"][route]
+            server = run.get("server_side", {}).get(route, {})
             rows.append(
-                f"| {label} | {route} | {r['requests']} | {r['requests_per_second']} | {r['p50_ms']} | {r['p99_ms']} |"
+                f"| {label} | {route} | {r['requests']} | {r['requests_per_second']} | {r['p50_ms']} | {r['p99_ms']} | {server.get('p50_ms', '–')} | {server.get('p99_ms', '–')} |"
             )
     m, p = v["memory"], v["in_process"]
     return [
         "## The HTTP service (`s3t serve`, a real process)",
         "",
-        f"{v['model']}; each run {v['seconds_per_run']} s: per client eight one-input predictions then a status, plus one client forgetting a sample every 0.5 s.",
+        f"{v['model']}; each run {v['seconds_per_run']} s: per client eight one-input predictions then a status, plus one client, in a process of its own, forgetting a sample every 0.5 s. Latency as the clients saw it (client p50/p99) and as the server spent it (its access log). Clients and server share the machine's cores.",
         "",
-        "| clients | route | requests | per second | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
+        "| clients | route | requests | per second | client p50 ms | client p99 ms | server p50 ms | server p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"In-process `S3T.predict` in the same run: {p['batch32_inputs_per_second']} inputs/s on batches of 32, {p['single_inputs_per_second']} one at a time.",

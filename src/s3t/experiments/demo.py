@@ -55,7 +55,8 @@ class DemoPlan:
         one_sequence = stage_share * n * s.epochs
         ordinary = 1.4 * n * s.epochs  # all layers trainable: ~1.4x slower per sample
         heal = stage_share * n / s.shards * s.epochs  # one sequence of one shard
-        return sharded + one_sequence + ordinary + heal
+        subjects = sharded  # the subject-aware twin of the sharded system
+        return sharded + one_sequence + ordinary + heal + subjects
 
     def estimate_minutes(self) -> float:
         return (self.sample_passes() / SAMPLES_PER_SECOND + 60) / 60
@@ -69,7 +70,7 @@ def run_demo(
     m, L = settings.shards, settings.slices
     say(
         f"s3t demo: {settings.model} on {settings.data} ({settings.limit} training samples), "
-        f"{m} shards × {L} sequences × {L} stages, plus two reference models. "
+        f"{m} shards × {L} sequences × {L} stages, its subject-aware twin, plus two reference models. "
         f"Estimated time on 2 CPU cores: ~{plan.estimate_minutes():.0f} min (less when re-run: "
         f"trained workspaces in {out} are reused)."
     )

@@ -191,9 +191,23 @@ class Registry:
         whether it completed."""
         if self.read_only:
             return False
+        # poll every millisecond rather than through SQLite's busy handler, whose sleeps
+        # grow to 25-100 ms: a reader that finishes a moment later costs a moment, and no
+        # lock is held between tries
+        deadline = time.monotonic() + busy_ms / 1000
+        busy, log_frames = 1, -1
         try:
-            self.db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
-            busy, log_frames, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self.db.execute("PRAGMA busy_timeout=0")
+            while True:
+                try:
+                    busy, log_frames, _ = self.db.execute(
+                        "PRAGMA wal_checkpoint(TRUNCATE)"
+                    ).fetchone()
+                except sqlite3.OperationalError:  # locked by a writer right now
+                    busy = 1
+                if busy == 0 or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
         except sqlite3.Error:
             return False
         finally:
