@@ -244,8 +244,8 @@ def compute_options(device: str, cache_memory: str) -> Any:
 
 
 def stage_progress(update: Any, quiet: bool = False) -> Any:
-    """Turn trainer events into progress bars: one overall, one for the current stage (and
-    print the memory estimate before training starts)."""
+    """Turn trainer events into progress bars: stages done overall, and batches of the
+    current stage (and print the memory estimate before training starts)."""
     done = {"stages": 0, "total": 0}
 
     def on_event(event: Any) -> None:
@@ -258,7 +258,7 @@ def stage_progress(update: Any, quiet: bool = False) -> Any:
         elif event.kind == "step":
             label = f"{event.key.label()} (stage {event.key.stage})"
             update(
-                "stage",
+                "batches of this stage",
                 event.step,
                 event.total,
                 f"{label} loss {event.loss:.3f} · {event.samples_per_second:.0f} samples/s",

@@ -117,9 +117,12 @@ def _by_risk(
 def subject_sizes(
     samples: int, mean: float = 5.0, distribution: str = "zipf", seed: int = 0
 ) -> np.ndarray:
-    """Sizes of data subjects that together hold ``samples`` samples, drawn (seeded) from a
-    heavy-tailed distribution with about the given mean: ``zipf`` (a discrete power law on
-    1..50·mean, its exponent fitted to the mean) or ``lognormal`` (sigma 1)."""
+    """Sizes of data subjects that together hold ``samples`` samples, with the given mean
+    (``samples / round(samples / mean)`` exactly), drawn (seeded) from a heavy-tailed
+    distribution: ``zipf`` (a discrete power law on 1..50·mean, its exponent fitted to the
+    mean) or ``lognormal`` (sigma 1). ``round(samples / mean)`` sizes are drawn and scaled
+    to add up to ``samples`` (each at least 1): the draws of a heavy tail fall short of their
+    distribution's mean more often than not, and a run asked for mean 5 should have it."""
     if distribution not in SIZE_DISTRIBUTIONS:
         raise ConfigError(f"distribution must be one of {SIZE_DISTRIBUTIONS}, got {distribution!r}")
     if mean < 1 or samples < 1:
@@ -145,16 +148,19 @@ def subject_sizes(
             return np.asarray(rng.choice(values, size=n, p=p), dtype=np.int64)
         return np.asarray(np.maximum(1, np.rint(rng.lognormal(mu, 1.0, n))), dtype=np.int64)
 
-    sizes: list[int] = []
-    total = 0
-    while total < samples:
-        for size in draw(max(16, int((samples - total) / mean) + 1)).tolist():
-            size = min(int(size), samples - total)
-            if size <= 0:
-                break
-            sizes.append(size)
-            total += size
-    return np.asarray(sizes, dtype=np.int64)
+    count = min(samples, max(1, round(samples / mean)))
+    drawn = draw(count).astype(np.float64)
+    scaled = drawn * (samples / drawn.sum())
+    sizes = np.maximum(1, np.floor(scaled)).astype(np.int64)
+    short = samples - int(sizes.sum())
+    if short > 0:  # the largest fractional parts get the samples rounding left over
+        sizes[np.argsort(np.floor(scaled) - scaled, kind="stable")[:short]] += 1
+    while short < 0:  # sizes raised to 1 took samples from the largest subjects
+        largest = np.argsort(-sizes, kind="stable")[: min(-short, count)]
+        largest = largest[sizes[largest] > 1]
+        sizes[largest] -= 1
+        short += len(largest)
+    return sizes
 
 
 def subject_ids(sizes: Sequence[int] | np.ndarray) -> list[str]:

@@ -157,14 +157,27 @@ def plot_subjects(
     deltas: Mapping[str, tuple[float, float, float, float]],
     title: str,
 ) -> Path:
-    """Two panels: accuracy vs subject requests per partitioning, and δ in subject requests
-    measured (with its 95% CI) next to simulated (with its 95% CI) per partitioning."""
+    """Two panels: accuracy vs subject requests per partitioning (a cross where the service
+    failed: no shard left), and δ in subject requests measured (with its 95% CI) next to
+    simulated (with its 95% CI) per partitioning."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, (xs, ys) in curves.items():
-        left.plot(
+        (line,) = left.plot(
             xs, [float("nan") if y is None else y for y in ys], "o-", label=label, markersize=4
         )
+        # where the service failed (no shard left): a cross at the last accuracy it had
+        failed = [i for i, y in enumerate(ys) if y is None and i > 0 and ys[i - 1] is not None]
+        for i in failed:
+            left.plot(xs[i], ys[i - 1], "x", color=line.get_color(), markersize=10, mew=2)
+            left.annotate(
+                "service failed",
+                (xs[i], ys[i - 1]),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=8,
+                color=line.get_color(),
+            )
     left.set(
         xlabel="subject deletion requests",
         ylabel="test accuracy",
