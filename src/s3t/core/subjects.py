@@ -141,17 +141,13 @@ def subject_sizes(
                 high = a
         p = values**-a
         p /= p.sum()
-    mu = math.log(max(mean, 1.0)) - 0.5  # lognormal with sigma 1 and this mean
-
-    def draw(n: int) -> np.ndarray:
-        if distribution == "zipf":
-            return np.asarray(rng.choice(values, size=n, p=p), dtype=np.int64)
-        return np.asarray(np.maximum(1, np.rint(rng.lognormal(mu, 1.0, n))), dtype=np.int64)
-
     count = min(samples, max(1, round(samples / mean)))
-    drawn = draw(count).astype(np.float64)
-    scaled = drawn * (samples / drawn.sum())
-    sizes = np.maximum(1, np.floor(scaled)).astype(np.int64)
+    if distribution == "zipf":
+        drawn = rng.choice(values, size=count, p=p)
+    else:  # lognormal with sigma 1 and this mean
+        drawn = np.maximum(1, np.rint(rng.lognormal(math.log(mean) - 0.5, 1.0, count)))
+    scaled = np.asarray(drawn, dtype=np.float64) * (samples / float(np.sum(drawn)))
+    sizes: np.ndarray = np.maximum(1, np.floor(scaled)).astype(np.int64)
     short = samples - int(sizes.sum())
     if short > 0:  # the largest fractional parts get the samples rounding left over
         sizes[np.argsort(np.floor(scaled) - scaled, kind="stable")[:short]] += 1
