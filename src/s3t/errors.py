@@ -2,7 +2,7 @@
 
 One base, :class:`S3TError`; each subclass also inherits the built-in exception that fits,
 so ``except KeyError`` keeps working for callers who do not know s3t. The HTTP service maps
-these classes to status codes in a single table (``s3t.service.app.ERROR_STATUS``).
+these classes to status codes in a single table (``s3t.service.errors.ERROR_STATUS``).
 
     S3TError
     ├── ConfigError (ValueError)            a setting out of range or inconsistent

@@ -11,14 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from s3t.service.app import ERROR_STATUS, app_for_workspace, create_app, status_for
+    from s3t.service.app import app_for_workspace, create_app
+    from s3t.service.errors import ERROR_STATUS, status_for
 
 __all__ = ["ERROR_STATUS", "app_for_workspace", "create_app", "status_for"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        value = getattr(importlib.import_module("s3t.service.app"), name)
+        home = "errors" if name in ("ERROR_STATUS", "status_for") else "app"
+        value = getattr(importlib.import_module(f"s3t.service.{home}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 's3t.service' has no attribute {name!r}")

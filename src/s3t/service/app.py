@@ -13,7 +13,7 @@ and awaited without holding a server thread, so forget, status and health never 
 the model. A prediction's answer and a deletion are ordered: an answer computed before a
 deletion was acknowledged is sent before that acknowledgement, and one validated after it
 never uses a stage the deletion purged (:class:`ResponseFence`). Every error is JSON
-``{"error", "detail"}``; the status of each s3t error is :data:`ERROR_STATUS`.
+``{"error", "detail"}`` (:mod:`s3t.service.errors`).
 """
 
 from __future__ import annotations
@@ -30,29 +30,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s3t.errors import (
-    ArtifactError,
-    ConfigError,
-    DataError,
     InvalidRequestError,
-    MissingExtraError,
-    ModelError,
-    PartitionError,
-    QueueFullError,
-    RetrainConflictError,
-    S3TError,
-    SchemaVersionError,
-    SequenceError,
-    ServiceUnavailableError,
-    UnknownRequestError,
-    UnknownSampleError,
-    UnknownSubjectError,
-    UnknownTokenError,
-    WorkspaceError,
 )
 from s3t.service.bodies import (
     ForgetRequest,
@@ -63,6 +44,13 @@ from s3t.service.bodies import (
     TokenRequest,
     image_array,
 )
+from s3t.service.errors import (
+    LimitError,
+    RefusalError,
+    error_body,
+    install_error_handlers,
+    too_large,
+)
 from s3t.service.gate import Gate, Telemetry
 from s3t.service.settings import ServiceSettings
 from s3t.system.access import TokenInfo
@@ -70,47 +58,6 @@ from s3t.system.api import S3T
 from s3t.system.training.background import RetrainPolicy
 
 log = logging.getLogger(__name__)
-
-
-class LimitError(InvalidRequestError):
-    """A request over one of the service's limits (HTTP 413, naming the limit)."""
-
-
-#: The HTTP status of every s3t error; the most specific class in an error's MRO wins.
-ERROR_STATUS: dict[type[S3TError], int] = {
-    LimitError: 413,
-    UnknownSampleError: 404,
-    UnknownSubjectError: 404,
-    UnknownRequestError: 404,
-    UnknownTokenError: 404,
-    InvalidRequestError: 422,
-    PartitionError: 422,
-    ConfigError: 400,
-    ModelError: 400,
-    DataError: 400,
-    SequenceError: 400,
-    MissingExtraError: 501,
-    QueueFullError: 503,
-    ServiceUnavailableError: 503,
-    SchemaVersionError: 409,
-    RetrainConflictError: 409,
-    ArtifactError: 500,
-    WorkspaceError: 500,
-    S3TError: 500,
-}
-
-
-def status_for(error: S3TError) -> int:
-    """Return the HTTP status of an s3t error (see :data:`ERROR_STATUS`)."""
-    for cls in type(error).__mro__:
-        if issubclass(cls, S3TError) and cls in ERROR_STATUS:
-            return ERROR_STATUS[cls]
-    return 500
-
-
-def error_body(error: str, detail: str, **extra: Any) -> dict[str, Any]:
-    """The one shape of every error answer."""
-    return {"error": error, "detail": detail, **extra}
 
 
 class ResponseFence:
@@ -199,17 +146,17 @@ def scope(name: str) -> Callable[[Request], Awaitable[TokenInfo | None]]:
         header = request.headers.get("authorization", "")
         kind, _, presented = header.partition(" ")
         if kind.lower() != "bearer" or not presented:
-            raise _RefusalError(
+            raise RefusalError(
                 401,
                 "Unauthorized",
                 "send `Authorization: Bearer <token>`; create one with `s3t token create`",
             )
         token = await run_in_threadpool(state.system.authenticate, presented.strip())
         if token is None:
-            raise _RefusalError(401, "Unauthorized", "the bearer token is unknown or revoked")
+            raise RefusalError(401, "Unauthorized", "the bearer token is unknown or revoked")
         request.state.token = token.id
         if not token.allows(name):
-            raise _RefusalError(
+            raise RefusalError(
                 403,
                 "Forbidden",
                 f"this token lacks the {name!r} scope (it has {list(token.scopes)})",
@@ -217,12 +164,6 @@ def scope(name: str) -> Callable[[Request], Awaitable[TokenInfo | None]]:
         return token
 
     return check
-
-
-class _RefusalError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
 
 
 def _scoped(name: str) -> Any:
@@ -262,11 +203,7 @@ def create_app(
         default_response_class=S3TJSONResponse,
     )
     app.state.s3t = state
-    app.add_exception_handler(S3TError, _s3t_error)
-    app.add_exception_handler(_RefusalError, _refusal)
-    app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    install_error_handlers(app)
     app.include_router(v1)
     app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=[_scoped("read")])
     app.add_middleware(Gate, settings=settings, telemetry=telemetry)
@@ -290,63 +227,6 @@ def app_for_workspace(
         system.close()
         raise
     return create_app(system, settings, owns_system=True)
-
-
-# ----- errors ----------------------------------------------------------------------------------
-async def _s3t_error(request: Request, exc: Exception) -> S3TJSONResponse:
-    assert isinstance(exc, S3TError)
-    status = status_for(exc)
-    extra: dict[str, Any] = {"ids": exc.ids} if isinstance(exc, UnknownSampleError) else {}
-    if isinstance(exc, UnknownSubjectError):
-        extra = {"subjects": exc.subjects}
-    if status >= 500 and status != 503:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return S3TJSONResponse(error_body(type(exc).__name__, str(exc), **extra), status, headers)
-
-
-async def _refusal(request: Request, exc: Exception) -> S3TJSONResponse:
-    assert isinstance(exc, _RefusalError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return S3TJSONResponse(error_body(exc.error, exc.detail), exc.status, headers)
-
-
-async def _invalid(request: Request, exc: Exception) -> S3TJSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    problems = [
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-        for e in exc.errors()[:5]
-    ]
-    return S3TJSONResponse(error_body("InvalidRequest", "; ".join(problems)), 422)
-
-
-async def _http_error(request: Request, exc: Exception) -> S3TJSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    names = {404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
-    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if exc.status_code == 404:
-        detail = f"no route {request.method} {request.url.path}; the API is under /v1 (see /docs)"
-    return S3TJSONResponse(
-        error_body(names.get(exc.status_code, "HTTPError"), detail), exc.status_code
-    )
-
-
-async def _unexpected(request: Request, exc: Exception) -> S3TJSONResponse:
-    request_id = getattr(request.state, "request_id", "?")
-    log.error(
-        "request %s: %s %s failed", request_id, request.method, request.url.path, exc_info=exc
-    )
-    return S3TJSONResponse(
-        error_body(
-            "InternalError", f"an unexpected error; it is logged under request id {request_id}"
-        ),
-        500,
-        headers={"x-request-id": request_id},
-    )
-
-
-def _too_large(limit: str, value: int, allowed: int) -> LimitError:
-    return LimitError(f"{limit} is {allowed}, the request has {value}")
 
 
 # ----- probes and reports ----------------------------------------------------------------------
@@ -426,7 +306,7 @@ async def predict(body: PredictRequest, state: State, http: Request) -> S3TJSONR
     shard serves or the queue is full (with Retry-After)."""
     settings, system = state.settings, state.system
     if len(body.inputs) > settings.max_inputs:
-        raise _too_large("max_inputs", len(body.inputs), settings.max_inputs)
+        raise too_large("max_inputs", len(body.inputs), settings.max_inputs)
     for i, x in enumerate(body.inputs):
         for text in x if isinstance(x, list) else [x]:
             if isinstance(text, str) and len(text) > settings.max_chars:
@@ -452,12 +332,12 @@ def generate(body: GenerateRequest, state: State) -> dict[str, Any]:
     """Greedy responses of a language-model workspace, and the models that produced each."""
     settings = state.settings
     if len(body.prompts) > settings.max_inputs:
-        raise _too_large("max_inputs", len(body.prompts), settings.max_inputs)
+        raise too_large("max_inputs", len(body.prompts), settings.max_inputs)
     longest = max((len(p) for p in body.prompts), default=0)
     if longest > settings.max_chars:
         raise LimitError(f"max_chars is {settings.max_chars}, a prompt has {longest}")
     if body.max_new_tokens > settings.max_new_tokens:
-        raise _too_large("max_new_tokens", body.max_new_tokens, settings.max_new_tokens)
+        raise too_large("max_new_tokens", body.max_new_tokens, settings.max_new_tokens)
     return state.system.generate(body.prompts, body.max_new_tokens).to_dict()
 
 
@@ -468,7 +348,7 @@ async def forget(body: ForgetRequest, state: State) -> dict[str, Any]:
     sent; every prediction answered before it with a stage it purged is sent first."""
     named = len(body.ids) + len(body.subjects)
     if named > state.settings.max_forget_ids:
-        raise _too_large("max_forget_ids", named, state.settings.max_forget_ids)
+        raise too_large("max_forget_ids", named, state.settings.max_forget_ids)
     receipt = await run_in_threadpool(lambda: state.system.forget(body.ids, subjects=body.subjects))
     with state.fence.lock:
         position = state.fence.position()

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,8 @@ import numpy as np
 
 from s3t.core.selection import Served
 from s3t.data.examples import Dataset, Examples
-from s3t.engine.settings import Compute, Family
-from s3t.errors import DataError, InvalidRequestError, UnknownRequestError
+from s3t.engine.settings import Compute
+from s3t.errors import InvalidRequestError, UnknownRequestError
 from s3t.system.access import TokenInfo, authenticate, create_token, list_tokens, revoke_token
 from s3t.system.config import S3TConfig
 from s3t.system.forget import Receipt, forget, stored_receipt
@@ -36,8 +35,11 @@ from s3t.system.reports import (
     SequenceInfo,
     StageInfo,
     Status,
+    audit_events,
     compute_health,
     compute_status,
+    sample_infos,
+    sequence_infos,
     stage_infos,
 )
 from s3t.system.serving.requests import Prediction, PredictRequest
@@ -56,16 +58,6 @@ if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
 log = logging.getLogger(__name__)
 
 _MAX_INT = 2**63 - 1
-
-
-def check_fits(family: Family, train: Examples) -> None:
-    """Raise :class:`DataError` unless the model family can learn this data's task."""
-    expected = {"text": Family.ENCODER, "image": Family.IMAGE, "instruction": Family.CAUSAL_LM}
-    if expected[train.modality] is not family:
-        raise DataError(
-            f"the data holds {train.modality} inputs ({train.task}) but the model is a {family} "
-            f"model; use a {expected[train.modality]} model"
-        )
 
 
 class S3T:
@@ -153,39 +145,24 @@ class S3T:
         compute: Compute | None = None,
     ) -> S3T:
         """Create (or resume) a workspace and train every sequence of every shard to full
-        depth. ``num_labels`` is taken from the data when the config leaves it at 0.
-        ``compute`` chooses the device and the activation cache's memory budget."""
-        if config.model.num_labels == 0 and dataset.train.task != "instruction":
-            config = replace(
-                config, model=replace(config.model, num_labels=dataset.train.num_labels)
-            )
-        from s3t.core.schedule import StageKey
-        from s3t.engine.compute import estimate_for, resolve_device
-        from s3t.engine.loading import load_backbone
-        from s3t.system.training.trainer import StageEvent, Trainer
+        depth (see :func:`~s3t.system.creation.create_and_train`). ``num_labels`` is taken
+        from the data when the config leaves it at 0; ``compute`` chooses the device and the
+        activation cache's memory budget."""
+        from s3t.system.creation import create_and_train
 
         compute = compute or Compute()
-        device = resolve_device(compute.device)
-        backbone = load_backbone(  # fail before any writing
-            config.model, seed=config.layout.seed, device=device, precision=config.train.precision
+        ws, trainer = create_and_train(
+            workspace,
+            dataset,
+            config,
+            risk=risk,
+            on_event=on_event,
+            compute=compute,
+            remote=executor is not None,
         )
-        check_fits(backbone.anatomy.family, dataset.train)
-        estimate = estimate_for(backbone, config.lora, config.layout.slices, config.train)
-        log.info("%s on %s", estimate.describe(), device)
-        if on_event is not None:
-            detail = {
-                "estimate": estimate.describe(),
-                "device": str(device),
-                "bytes": estimate.total,
-            }
-            on_event(StageEvent("memory", StageKey(-1, ()), detail=detail))
-        ws = Workspace.create(workspace, config, dataset, risk)
         system = cls(ws, compute)
-        local = None if executor else backbone  # Ray workers load their own: free this one
-        del backbone
-        system._trainer = Trainer(ws, on_event, backbone=local, compute=compute)
-        del local
-        system._trainer.complete(executor=executor)
+        system._trainer = trainer
+        trainer.complete(executor=executor)
         return system
 
     @classmethod
@@ -269,9 +246,7 @@ class S3T:
 
     def validate_request(self, inputs: Any, aggregate: str = "mean-logits") -> PredictRequest:
         """Check a prediction request (inputs and aggregation) without touching the model."""
-        if self.task == "instruction":
-            raise InvalidRequestError("this workspace holds a language model: use generate()")
-        return PredictRequest.parse(self.modality, inputs, aggregate)
+        return self._serving.request(inputs, aggregate)
 
     def batcher(
         self,
@@ -469,17 +444,13 @@ class S3T:
         of one data subject)."""
         if shard is not None:
             self._check_shard(shard)
-        rows = self._ws.registry().samples(shard, include_deleted, subject)
-        return [SampleInfo(r.id, r.shard, r.slice, r.subject, r.deleted_at) for r in rows]
+        return sample_infos(self._ws, shard, include_deleted, subject)
 
     def sequences(self, shard: int | None = None) -> list[SequenceInfo]:
         """Every sequence (of one shard) with its valid depth and stage artifacts."""
         if shard is not None:
             self._check_shard(shard)
-        return [
-            SequenceInfo(r.shard, r.seq, list(r.perm), r.depth, list(r.positions))
-            for r in self._ws.registry().sequences(shard)
-        ]
+        return sequence_infos(self._ws, shard)
 
     def stages(self) -> list[StageInfo]:
         """Every stage artifact, where it sits, what it was trained on and how it went."""
@@ -487,11 +458,7 @@ class S3T:
 
     def audit(self, since: int = 0) -> list[dict[str, Any]]:
         """Return the audit log (append-only, hash-chained), oldest first."""
-        since = self._check_index(since, "since")
-        return [
-            {"seq": e.seq, "at": e.at, "event": e.event, "detail": e.detail, "hash": e.hash}
-            for e in self._ws.registry().audit_log(since)
-        ]
+        return audit_events(self._ws, self._check_index(since, "since"))
 
     def model_info(self) -> ModelInfo:
         """The backbone: family, layers, parameter count and size, positions."""

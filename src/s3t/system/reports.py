@@ -253,3 +253,28 @@ def stage_infos(workspace: Workspace) -> list[StageInfo]:
         for a in artifacts
     ]
     return sorted(out, key=lambda s: (s.shard, s.slices, s.artifact))
+
+
+def sample_infos(
+    workspace: Workspace, shard: int | None, include_deleted: bool, subject: str | None
+) -> list[SampleInfo]:
+    """Sample ids with their shard, slice, subject and deletion time (of one shard, or of
+    one data subject)."""
+    rows = workspace.registry().samples(shard, include_deleted, subject)
+    return [SampleInfo(r.id, r.shard, r.slice, r.subject, r.deleted_at) for r in rows]
+
+
+def sequence_infos(workspace: Workspace, shard: int | None) -> list[SequenceInfo]:
+    """Every sequence (of one shard) with its valid depth and stage artifacts."""
+    return [
+        SequenceInfo(r.shard, r.seq, list(r.perm), r.depth, list(r.positions))
+        for r in workspace.registry().sequences(shard)
+    ]
+
+
+def audit_events(workspace: Workspace, since: int) -> list[dict[str, Any]]:
+    """The audit log after event ``since``, oldest first, as JSON-ready dicts."""
+    return [
+        {"seq": e.seq, "at": e.at, "event": e.event, "detail": e.detail, "hash": e.hash}
+        for e in workspace.registry().audit_log(since)
+    ]
