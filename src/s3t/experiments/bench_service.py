@@ -87,12 +87,12 @@ def bench_service(out: Path, quick: bool, say: Say) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(httpx, url)
-        _, seen = _server_side(root / "serve.log", 0)
+        _, seen = server_side_latencies(root / "serve.log", 0)
         concurrent = _drive(httpx, url, token, texts, victims, clients=16, seconds=seconds)
-        concurrent["server_side"], seen = _server_side(root / "serve.log", seen)
+        concurrent["server_side"], seen = server_side_latencies(root / "serve.log", seen)
         say("  16 clients: " + _line(concurrent))
         serial = _drive(httpx, url, token, texts, victims, clients=1, seconds=seconds)
-        serial["server_side"], seen = _server_side(root / "serve.log", seen)
+        serial["server_side"], seen = server_side_latencies(root / "serve.log", seen)
         say("  one at a time: " + _line(serial))
         memory = _oversized_body(httpx, url, token, server.pid, 20 if quick else 200)
         say(
@@ -195,8 +195,10 @@ def _drive(
     for t in threads:
         t.join()
     assert forgetter.stdout is not None
-    answered = json.loads(forgetter.stdout.read())
-    forgetter.wait(60)
+    output = forgetter.stdout.read()
+    if forgetter.wait(60) != 0:
+        raise RuntimeError(f"the forgetting client failed (exit {forgetter.returncode}); see above")
+    answered = json.loads(output)
     wall = time.perf_counter() - began
     del victims[len(victims) - len(answered) :]  # the ones forgotten now
     for seconds_taken, status in answered:
@@ -241,7 +243,7 @@ def forget_client() -> None:
     sys.stdout.write(json.dumps(answered))
 
 
-def _server_side(log: Path, skip: int) -> tuple[dict[str, dict[str, float]], int]:
+def server_side_latencies(log: Path, skip: int) -> tuple[dict[str, dict[str, float]], int]:
     """Per route, p50/p99 of the time the server spent on each request (its access log,
     lines after the first ``skip``); and the number of lines read."""
     lines = log.read_text(errors="replace").splitlines()
