@@ -157,9 +157,9 @@ def _drive(
     stop = time.monotonic() + seconds
     headers = {"Authorization": f"Bearer {token}"}
 
-    def record(route: str, began: float, status: int) -> None:
+    def record(route: str, seconds: float, status: int) -> None:
         with lock:
-            latencies[route].append(time.perf_counter() - began)
+            latencies[route].append(seconds)
             if status >= 500:
                 errors["5xx"] += 1
             elif status >= 400:
@@ -172,12 +172,12 @@ def _drive(
             for _ in range(8):
                 began = time.perf_counter()
                 text = texts[i % len(texts)]
-                record(
-                    "predict", began, http.post("/v1/predict", json={"inputs": [text]}).status_code
-                )
+                status = http.post("/v1/predict", json={"inputs": [text]}).status_code
+                record("predict", time.perf_counter() - began, status)
                 i += clients
             began = time.perf_counter()
-            record("status", began, http.get("/v1/status").status_code)
+            status = http.get("/v1/status").status_code
+            record("status", time.perf_counter() - began, status)
 
     threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
     began = time.perf_counter()
@@ -202,7 +202,7 @@ def _drive(
     wall = time.perf_counter() - began
     del victims[len(victims) - len(answered) :]  # the ones forgotten now
     for seconds_taken, status in answered:
-        record("forget", time.perf_counter() - seconds_taken, status)
+        record("forget", seconds_taken, status)
     routes = {}
     for route, values in latencies.items():
         ms = np.asarray(values) * 1000 if values else np.zeros(1)

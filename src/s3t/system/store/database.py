@@ -229,6 +229,16 @@ class Database:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
     # ----- audit -------------------------------------------------------------------------------
+    def each_in(self, sql: str, ids: Sequence[str], *leading: Any) -> list[Any]:
+        """Run ``sql`` once per chunk of ``ids`` (SQLite bounds the parameters of one
+        statement), with ``{ids}`` in it standing for the chunk's placeholders and
+        ``leading`` bound before them; return the rows of every run, in order."""
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows += self.db.execute(sql.replace("{ids}", marks), (*leading, *chunk)).fetchall()
+        return rows
+
     def audit(self, event: str, detail: dict[str, Any], at: float | None = None) -> tuple[int, str]:
         """Append an event to the hash-chained log (inside a transaction); return its
         sequence number and hash (the chain head)."""
@@ -261,7 +271,7 @@ def _explain(exc: sqlite3.Error, root: Path) -> str:
     return f"workspace {root}: the registry refused the change ({text}); nothing was changed"
 
 
-def chunks(items: Sequence[str], size: int = 500) -> Iterator[list[str]]:
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[list[str]]:
     """Split ``items`` into lists of at most ``size`` (SQLite limits bound parameters)."""
     for i in range(0, len(items), size):
         yield list(items[i : i + size])

@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from s3t.system.store.database import chunks
 from s3t.system.store.records import DeletionPlan, DeletionRecord
 from s3t.system.store.stages import StageTables
 
@@ -27,30 +26,22 @@ class DeletionTables(StageTables):
                 (t.depth_after, t.shard, t.seq),
             )
         fresh = [sid for sid, _, _ in plan.deleted]
-        purged: set[str] = set()
-        for chunk in chunks(fresh):
-            marks = ",".join("?" * len(chunk))
-            purged |= {
-                r[0]
-                for r in self.db.execute(
-                    f"SELECT DISTINCT l.artifact FROM lineage l JOIN artifacts a ON a.id = l.artifact "
-                    f"WHERE l.sample IN ({marks}) AND a.purged IS NULL",
-                    chunk,
-                )
-            }
-        for chunk in chunks(sorted(purged)):
-            marks = ",".join("?" * len(chunk))
-            self.db.execute(
-                f"UPDATE artifacts SET purged=?, purged_by=? WHERE id IN ({marks})",
-                (plan.at, plan.request_id, *chunk),
+        purged = {
+            r[0]
+            for r in self.each_in(
+                "SELECT DISTINCT l.artifact FROM lineage l JOIN artifacts a ON a.id = l.artifact "
+                "WHERE l.sample IN ({ids}) AND a.purged IS NULL",
+                fresh,
             )
-        for chunk in chunks(fresh):
-            marks = ",".join("?" * len(chunk))
-            self.db.execute(
-                f"UPDATE samples SET deleted_at=?, request_id=? WHERE id IN ({marks})",
-                (plan.at, plan.request_id, *chunk),
-            )
-            self.db.execute(f"DELETE FROM sample_data WHERE id IN ({marks})", chunk)
+        }
+        stamp = (plan.at, plan.request_id)
+        self.each_in(
+            "UPDATE artifacts SET purged=?, purged_by=? WHERE id IN ({ids})", sorted(purged), *stamp
+        )
+        self.each_in(
+            "UPDATE samples SET deleted_at=?, request_id=? WHERE id IN ({ids})", fresh, *stamp
+        )
+        self.each_in("DELETE FROM sample_data WHERE id IN ({ids})", fresh)
         if fresh:
             self.db.execute("INSERT INTO erasures VALUES (?, ?)", (plan.request_id, plan.at))
         seq, head = self.audit(
@@ -96,29 +87,18 @@ class DeletionTables(StageTables):
     def any_deleted(self, ids: Sequence[str]) -> bool:
         """Whether any of these samples is deleted (or unknown: forgotten and gone)."""
         wanted = list(dict.fromkeys(ids))
-        live = 0
-        for chunk in chunks(wanted):
-            marks = ",".join("?" * len(chunk))
-            (count,) = self.db.execute(
-                f"SELECT COUNT(*) FROM samples WHERE deleted_at IS NULL AND id IN ({marks})",
-                chunk,
-            ).fetchone()
-            live += int(count)
-        return live != len(wanted)
+        counts = self.each_in(
+            "SELECT COUNT(*) FROM samples WHERE deleted_at IS NULL AND id IN ({ids})", wanted
+        )
+        return sum(int(c) for (c,) in counts) != len(wanted)
 
     def deleted_groups(self, request_ids: Sequence[str]) -> set[tuple[int, int]]:
         """The (shard, slice) cells of the samples these deletion requests removed."""
-        out: set[tuple[int, int]] = set()
-        for chunk in chunks(list(request_ids)):
-            marks = ",".join("?" * len(chunk))
-            out |= {
-                (k, s)
-                for k, s in self.db.execute(
-                    f"SELECT DISTINCT shard, slice FROM samples WHERE request_id IN ({marks})",
-                    chunk,
-                )
-            }
-        return out
+        rows = self.each_in(
+            "SELECT DISTINCT shard, slice FROM samples WHERE request_id IN ({ids})",
+            list(request_ids),
+        )
+        return {(k, s) for k, s in rows}
 
     def pending_erasures(self) -> dict[str, float]:
         """Deletion requests whose files and old database pages are not yet erased."""
@@ -132,8 +112,6 @@ class DeletionTables(StageTables):
         with self.transaction():
             done = sorted(set(self.pending_erasures()) & set(wanted))
             if done:
-                for chunk in chunks(done):
-                    marks = ",".join("?" * len(chunk))
-                    self.db.execute(f"DELETE FROM erasures WHERE request_id IN ({marks})", chunk)
+                self.each_in("DELETE FROM erasures WHERE request_id IN ({ids})", done)
                 self.audit("erasure-completed", {"requests": done})
         return done

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from s3t.system.store.database import Database, chunks
+from s3t.system.store.database import Database
 from s3t.system.store.records import SampleRow, SequenceRow
 
 
@@ -43,16 +43,12 @@ class SampleTables(Database):
     # ----- samples ---------------------------------------------------------------------------
     def sample_rows(self, ids: Sequence[str]) -> dict[str, SampleRow]:
         """Return the records of the ids that exist."""
-        out: dict[str, SampleRow] = {}
-        for chunk in chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(
-                f"SELECT id, shard, slice, subject, deleted_at, request_id FROM samples "
-                f"WHERE id IN ({marks})",
-                chunk,
-            ):
-                out[row[0]] = SampleRow(*row)
-        return out
+        rows = self.each_in(
+            "SELECT id, shard, slice, subject, deleted_at, request_id FROM samples "
+            "WHERE id IN ({ids})",
+            ids,
+        )
+        return {row[0]: SampleRow(*row) for row in rows}
 
     def samples(
         self, shard: int | None = None, include_deleted: bool = False, subject: str | None = None
@@ -80,12 +76,11 @@ class SampleTables(Database):
     def subject_samples(self, subjects: Sequence[str]) -> dict[str, list[str]]:
         """Every sample (deleted ones included) of each of these subjects that exists."""
         out: dict[str, list[str]] = {}
-        for chunk in chunks(sorted(set(subjects))):
-            marks = ",".join("?" * len(chunk))
-            for sid, subject in self.db.execute(
-                f"SELECT id, subject FROM samples WHERE subject IN ({marks}) ORDER BY id", chunk
-            ):
-                out.setdefault(subject, []).append(sid)
+        for sid, subject in self.each_in(
+            "SELECT id, subject FROM samples WHERE subject IN ({ids}) ORDER BY id",
+            sorted(set(subjects)),
+        ):
+            out.setdefault(subject, []).append(sid)
         return out
 
     def subject_counts(self) -> tuple[int, int]:

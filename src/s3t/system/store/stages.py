@@ -10,7 +10,6 @@ from typing import Any
 
 from s3t.core.schedule import samples_digest
 from s3t.errors import WorkspaceError
-from s3t.system.store.database import chunks
 from s3t.system.store.records import ArtifactRow, StageRecord, Truncation
 from s3t.system.store.samples import SampleTables
 
@@ -72,19 +71,12 @@ class StageTables(SampleTables):
 
     def purged_among(self, ids: Iterable[str]) -> set[str]:
         """Which of these artifacts are purged or quarantined now."""
-        wanted = sorted(set(ids))
-        out: set[str] = set()
-        for chunk in chunks(wanted):
-            marks = ",".join("?" * len(chunk))
-            out |= {
-                r[0]
-                for r in self.db.execute(
-                    f"SELECT id FROM artifacts WHERE id IN ({marks}) "
-                    "AND (purged IS NOT NULL OR quarantined IS NOT NULL)",
-                    chunk,
-                )
-            }
-        return out
+        rows = self.each_in(
+            "SELECT id FROM artifacts WHERE id IN ({ids}) "
+            "AND (purged IS NOT NULL OR quarantined IS NOT NULL)",
+            sorted(set(ids)),
+        )
+        return {r[0] for r in rows}
 
     def purged_ids(self) -> list[str]:
         """Every purged artifact (trained on a deleted sample: its file must be gone)."""
