@@ -75,14 +75,14 @@ def toy_config(tiny_bert: Path) -> S3TConfig:
 @pytest.fixture(scope="session")
 def trained_template(tmp_path_factory: pytest.TempPathFactory, toy_config: S3TConfig) -> Path:
     root = tmp_path_factory.mktemp("template") / "ws"
-    S3T.fit(root, toy_dataset(), toy_config)
+    S3T.fit(root, toy_dataset(), toy_config).close()  # closed: copies see no live side files
     return root
 
 
 @pytest.fixture(scope="session")
 def marked_template(tmp_path_factory: pytest.TempPathFactory, toy_config: S3TConfig) -> Path:
     root = tmp_path_factory.mktemp("marked") / "ws"
-    S3T.fit(root, marked_dataset(), toy_config)
+    S3T.fit(root, marked_dataset(), toy_config).close()
     return root
 
 

@@ -31,7 +31,7 @@ FORGET_LOOP = textwrap.dedent(
     print("READY", flush=True)
     for sid in sys.argv[2:]:
         forget(ws, [sid])
-        print("ACK", sid, flush=True)
+        print(f"ACK {sid}", flush=True)  # one write: a kill cannot split the id off
     """
 )
 

@@ -29,14 +29,14 @@ def test_ray_training_equals_local_training(
     tmp_path: Path, trained_template: Path, toy_config: S3TConfig, executor: RayExecutor
 ) -> None:
     system = S3T.fit(tmp_path / "ray", toy_dataset(), toy_config, executor=executor)
-    local = S3T.open(trained_template)
-    ours = registry_of(system).sequences()
-    theirs = registry_of(local).sequences()
-    assert [r.depth for r in ours] == [3] * len(ours)
-    for a, b in zip(ours, theirs, strict=True):
-        for x, y in zip(a.positions, b.positions, strict=True):
-            for part_a, part_b in zip(tensors_of(system, x), tensors_of(local, y), strict=True):
-                assert_same_state(part_a, part_b)
+    with S3T.open(trained_template, read_only=True) as local:
+        ours = registry_of(system).sequences()
+        theirs = registry_of(local).sequences()
+        assert [r.depth for r in ours] == [3] * len(ours)
+        for a, b in zip(ours, theirs, strict=True):
+            for x, y in zip(a.positions, b.positions, strict=True):
+                for part_a, part_b in zip(tensors_of(system, x), tensors_of(local, y), strict=True):
+                    assert_same_state(part_a, part_b)
     assert system.verify().ok
 
 
@@ -63,10 +63,11 @@ def test_shard_tasks_that_ask_for_a_gpu_queue_for_the_only_one(
     assert ray.cluster_resources().get("GPU") == 1
     queued = RayExecutor(gpus_per_task=1, device="cpu")
     system = S3T.fit(tmp_path / "gpu", toy_dataset(), toy_config, executor=queued)
-    local = S3T.open(trained_template)
-    for a, b in zip(registry_of(system).sequences(), registry_of(local).sequences(), strict=True):
-        for x, y in zip(a.positions, b.positions, strict=True):
-            for part_a, part_b in zip(tensors_of(system, x), tensors_of(local, y), strict=True):
-                assert_same_state(part_a, part_b)
+    with S3T.open(trained_template, read_only=True) as local:
+        ours, theirs = registry_of(system).sequences(), registry_of(local).sequences()
+        for a, b in zip(ours, theirs, strict=True):
+            for x, y in zip(a.positions, b.positions, strict=True):
+                for part_a, part_b in zip(tensors_of(system, x), tensors_of(local, y), strict=True):
+                    assert_same_state(part_a, part_b)
     with pytest.raises(ConfigError, match="gpus_per_task must be >= 0"):
         RayExecutor(gpus_per_task=-1)

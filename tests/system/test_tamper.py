@@ -258,7 +258,8 @@ def test_verify_never_changes_the_workspace(forgotten: tuple[Path, Receipt]) -> 
     stray.write_bytes(b"a leftover")
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
     for _ in range(3):
-        S3T.open(root, read_only=True).verify()
+        with S3T.open(root, read_only=True) as auditor:  # closed: SQLite's side files go too
+            auditor.verify()
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
     assert after == before
 

@@ -48,3 +48,25 @@ def test_workspace_creation_is_all_or_nothing_and_one_process_wins(
     not_a_folder.write_text("x")
     with pytest.raises(WorkspaceError, match="is a file, not a folder"):
         Workspace.create(not_a_folder, toy_config, data)
+
+
+def test_closing_a_system_releases_the_workspace_and_using_it_again_reopens(
+    trained: Path,
+) -> None:
+    """`close` closes the database connection (SQLite's -wal and -shm side files go with
+    the last one), so a closed workspace can be copied or moved as a plain folder; a later
+    call on the same system opens a fresh connection."""
+    from s3t.system.api import S3T
+
+    side_files = ("registry.sqlite-wal", "registry.sqlite-shm")
+    system = S3T.open(trained)
+    first = system.samples(0)[0].id
+    assert any((trained / name).exists() for name in side_files)  # held open
+    system.close()
+    assert not any((trained / name).exists() for name in side_files)
+    system.forget([first])
+    assert first not in {s.id for s in system.samples(0)}
+    with S3T.open(trained, read_only=True) as reader:
+        assert reader.status().deleted_samples == 1
+    system.close()
+    assert not any((trained / name).exists() for name in side_files)

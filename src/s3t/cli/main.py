@@ -54,6 +54,8 @@ def main() -> None:
             f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
+    finally:
+        system.close_opened()
 
 
 if __name__ == "__main__":

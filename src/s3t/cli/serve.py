@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from s3t.cli.output import console, err_console, print_json, table
+from s3t.cli.system import open_workspace
 from s3t.engine.settings import help_of
 from s3t.errors import ConfigError
 
@@ -53,7 +54,8 @@ def service_settings(
     from s3t.service.settings import LOOPBACK_NAMES, ServiceSettings, is_loopback
     from s3t.system.api import S3T
 
-    active = [t for t in S3T.open(workspace, read_only=True).tokens() if t.revoked is None]
+    with S3T.open(workspace, read_only=True) as system:
+        active = [t for t in system.tokens() if t.revoked is None]
     loopback = is_loopback(host)
     if not loopback and not active and not insecure:
         raise ConfigError(
@@ -162,9 +164,8 @@ def token_create(
     as_json: bool = JSON,
 ) -> None:
     """Create a token; it is printed once and never stored (only its hash is)."""
-    from s3t.system.api import S3T
 
-    info, secret = S3T.open(workspace).create_token(scope, name)
+    info, secret = open_workspace(workspace).create_token(scope, name)
     if as_json:
         print_json({**info.to_dict(), "token": secret})
         return
@@ -178,9 +179,8 @@ def token_create(
 @tokens.command("list")
 def token_list(workspace: Path = WS, as_json: bool = JSON) -> None:
     """List tokens (ids, names, scopes, revocation); never their secrets."""
-    from s3t.system.api import S3T
 
-    rows = S3T.open(workspace, read_only=True).tokens()
+    rows = open_workspace(workspace, read_only=True).tokens()
     if as_json:
         print_json([t.to_dict() for t in rows])
         return
@@ -198,9 +198,8 @@ def token_revoke(
     as_json: bool = JSON,
 ) -> None:
     """Revoke a token now (a running service refuses it from its next request)."""
-    from s3t.system.api import S3T
 
-    info = S3T.open(workspace).revoke_token(token)
+    info = open_workspace(workspace).revoke_token(token)
     if as_json:
         print_json(info.to_dict())
         return

@@ -4,6 +4,7 @@ audit, samples. Each takes --workspace and --json."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +26,27 @@ TOKEN = typer.Option(None, "--token", envvar="S3T_TOKEN", help="The service's be
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-def _open(workspace: Path, read_only: bool = False, device: str = "auto") -> Any:
+_opened: list[Any] = []
+
+
+def open_workspace(workspace: Path, read_only: bool = False, device: str = "auto") -> Any:
+    """Open a workspace for one command; ``close_opened`` releases it when the command ends."""
     from s3t.engine.settings import Compute
     from s3t.system.api import S3T
 
-    return S3T.open(workspace, read_only=read_only, compute=Compute(device=device))
+    system = S3T.open(workspace, read_only=read_only, compute=Compute(device=device))
+    _opened.append(system)
+    return system
+
+
+def close_opened() -> None:
+    """Close every workspace the command opened (its database connection included)."""
+    while _opened:
+        opened = _opened.pop()
+        try:
+            opened.close()
+        except Exception as exc:  # the command's own outcome stands; say what was left
+            logging.getLogger(__name__).warning("closing %s: %s", opened.path, exc)
 
 
 def _system(
@@ -48,7 +65,7 @@ def _system(
 
         return Client(url, token)
     assert workspace is not None
-    return _open(workspace, read_only, device)
+    return open_workspace(workspace, read_only, device)
 
 
 def _read_lines(file: Path | None) -> list[str]:
@@ -336,7 +353,7 @@ def export(
 ) -> None:
     """Export a shard's served model as a PEFT adapter folder (PeftModel.from_pretrained;
     its tensors are fp32 on the CPU whatever the device)."""
-    info = _open(workspace, device=device).export(shard, out)
+    info = open_workspace(workspace, device=device).export(shard, out)
     if as_json:
         print_json(info.to_dict())
         return
@@ -375,7 +392,7 @@ def reference(
 ) -> None:
     """Retrain a sequence from scratch on its current samples and compare it, stage by
     stage, with the recorded artifacts (bit-identical on the machine that trained them)."""
-    result = _open(workspace, read_only=True, device=device).reference(shard, seq, depth)
+    result = open_workspace(workspace, read_only=True, device=device).reference(shard, seq, depth)
     if as_json:
         print_json(result.to_dict())
     else:

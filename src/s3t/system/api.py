@@ -210,7 +210,7 @@ class S3T:
         return self._janitor
 
     def close(self) -> None:
-        """Stop background work (a pending erasure is finished first when possible)."""
+        """Stop background work, finish a pending erasure, release the database connection."""
         if self.background is not None:
             self.background.stop()
             self.background = None
@@ -221,6 +221,7 @@ class S3T:
             self._trainer.close()
         if not self._ws.read_only:
             self._ws.erase_pending()
+        self._ws.close()
 
     def __enter__(self) -> S3T:
         return self
@@ -440,8 +441,7 @@ class S3T:
     def samples(
         self, shard: int | None = None, include_deleted: bool = False, subject: str | None = None
     ) -> list[SampleInfo]:
-        """Sample ids with their shard, slice, subject and deletion time (of one shard, or
-        of one data subject)."""
+        """Sample ids with shard, slice, subject and deletion time (of a shard or subject)."""
         if shard is not None:
             self._check_shard(shard)
         return sample_infos(self._ws, shard, include_deleted, subject)

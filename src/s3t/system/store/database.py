@@ -49,6 +49,8 @@ class Database:
                 raise WorkspaceError(
                     f"workspace path {self.root} is a file, not a folder; choose another --workspace"
                 ) from None
+        side_files = [self.path.with_name(self.path.name + end) for end in ("-wal", "-shm")]
+        self._found_side_files = any(p.exists() for p in side_files)
         self.db = self._connect()
         if create and not self._has_schema():
             with self.transaction():
@@ -89,8 +91,18 @@ class Database:
         raise WorkspaceError(f"workspace registry {self.path} is not readable: {last}")
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection. A reader that brought SQLite's side files (-wal, -shm) into
+        being removes them again when no other connection holds the database, so read-only
+        use (verify, status) leaves the folder as it found it."""
         self.db.close()
+        writable = os.access(self.root, os.W_OK) and os.access(self.path, os.W_OK)
+        if self.read_only and not self._found_side_files and writable:
+            with suppress(sqlite3.Error):  # another connection holds it: its files stay
+                last = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+                try:  # closing the last read-write connection removes the side files
+                    last.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                finally:
+                    last.close()
 
     def _has_schema(self) -> bool:
         row = self.db.execute(

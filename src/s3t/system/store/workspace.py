@@ -69,6 +69,14 @@ class Workspace:
             self._local.registry = registry
         return registry
 
+    def close(self) -> None:
+        """Close this thread's registry connection (the last one closed checkpoints and
+        removes SQLite's side files). A later call opens a fresh one."""
+        registry = getattr(self._local, "registry", None)
+        if registry is not None:
+            self._local.registry = None
+            registry.close()
+
     def examples(self, table: str = "sample_data") -> Examples:
         """Return the stored training samples still present (or the test split)."""
         ids, records = [], []
