@@ -25,6 +25,17 @@ from s3t.system.training.reference import stage_tensors
 from tiny import sentiment_texts
 
 
+def _dead_pid() -> int:
+    """A process id no process can have: one past the kernel's largest."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    except (OSError, ValueError):
+        return 2**22 + 1  # Linux's largest pid_max, plus one
+
+
+DEAD_PID = _dead_pid()
+
+
 def toy_dataset(n: int = 120, test: int = 30, seed: int = 0) -> Dataset:
     texts, labels = sentiment_texts(n + test, seed)
     ids = tuple(f"r{i:04d}" for i in range(n + test))

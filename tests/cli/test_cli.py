@@ -194,6 +194,20 @@ def test_verify_exits_nonzero_on_a_corrupted_artifact(trained_ws: Path, tmp_path
     assert "does not match its sha256" in result.stdout
 
 
+def test_each_command_closes_the_workspace_it_opened(trained_ws: Path, tmp_path: Path) -> None:
+    """After a command the workspace is a plain folder again (no live SQLite side files),
+    whether the command succeeded or failed."""
+    import shutil
+
+    copy = tmp_path / "ws"
+    shutil.copytree(trained_ws, copy)
+    side_files = ("registry.sqlite-wal", "registry.sqlite-shm")
+    victim = json.loads(run("samples", "-w", str(copy), "--json"))[0]["id"]
+    for args in (["status"], ["verify"], ["forget", victim], ["forget", victim]):
+        runner.invoke(app, [*args, "-w", str(copy)])
+        assert not any((copy / name).exists() for name in side_files), args
+
+
 @pytest.mark.slow
 def test_clear_errors_before_any_training(tmp_path: Path, tiny_bert: Path) -> None:
     data = _csv(tmp_path / "r.csv")

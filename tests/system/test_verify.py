@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import DEAD_PID
 from s3t.system.api import S3T
 
 FORGETTER = textwrap.dedent(
@@ -61,9 +62,9 @@ def test_leftovers_are_pending_for_verify_and_removed_on_open(trained: Path) -> 
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"left by a killed trainer")
     os.utime(orphan, (old, old))
-    temp = trained / "artifacts" / "ab" / ("ab" + "1" * 62 + ".safetensors.tmp999999")
+    temp = trained / "artifacts" / "ab" / ("ab" + "1" * 62 + f".safetensors.tmp{DEAD_PID}")
     temp.write_bytes(b"half written")
-    scratch = trained / "registry.sqlite.creating-999999-1"  # a creator that died
+    scratch = trained / f"registry.sqlite.creating-{DEAD_PID}-1"  # a creator that died
     scratch.write_bytes(b"a whole copy of the dataset")
     report = S3T.open(trained, read_only=True).verify()
     assert report.ok and sum("leftover file" in p for p in report.pending) == 3
@@ -74,7 +75,7 @@ def test_leftovers_are_pending_for_verify_and_removed_on_open(trained: Path) -> 
 def test_a_running_service_sweeps_leftovers_without_a_restart(trained: Path) -> None:
     system = S3T.open(trained)
     system.start_maintenance(sweep_seconds=0.1)
-    scratch = trained / "registry.sqlite.creating-999999-7"
+    scratch = trained / f"registry.sqlite.creating-{DEAD_PID}-7"
     scratch.write_bytes(b"a crashed creator's copy")
     deadline = time.time() + 10
     while scratch.exists() and time.time() < deadline:

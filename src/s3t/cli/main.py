@@ -21,6 +21,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _each_command(ctx: typer.Context) -> None:
+    """Exact machine unlearning for fine-tuned transformers (S3T)."""
+    ctx.call_on_close(system.close_opened)  # whatever the command opened, however it ends
+
+
 app.command()(simulation.simulate)
 app.command()(simulation.sequences)
 app.command()(train.train)
@@ -54,8 +62,6 @@ def main() -> None:
             f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(2)
-    finally:
-        system.close_opened()
 
 
 if __name__ == "__main__":

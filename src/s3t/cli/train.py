@@ -163,7 +163,8 @@ def train(
             executor=ray_executor(ray, ray_address, gpus_per_task, device, cache_memory),
             compute=compute_options(device, cache_memory),
         )
-    summary = training_summary(system)
+    with system:  # closed when the command ends
+        summary = training_summary(system)
     if as_json:
         print_json(summary)
         return

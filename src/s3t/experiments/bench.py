@@ -171,7 +171,7 @@ def bench_forget(out: Path, samples: int, requests: int, say: Say) -> dict[str, 
     root = out / "forget"
     shutil.rmtree(root, ignore_errors=True)
     say(f"forget benchmark: training a 2-shard, 3-slice system on {samples} samples")
-    S3T.fit(root / "trained", data, config)
+    S3T.fit(root / "trained", data, config).close()  # closed: a plain folder to copy
 
     latency = root / "latency"
     shutil.copytree(root / "trained", latency)

@@ -97,8 +97,7 @@ def run_demo(
 
     replay = out / "replay"
     shutil.rmtree(replay, ignore_errors=True)
-    shutil.copytree(out / "system", replay)
-    system = S3T.open(replay)
+    system = S3T.open(trained["system"].backup(replay))  # a consistent copy of a live one
     scorer = system.evaluator(data.test)
     budgets = budgets_for(L)
     stream = stream_of_deletions(
