@@ -347,7 +347,11 @@ def _check_files(workspace: Workspace, snap: Snapshot, report: VerifyReport) -> 
         except WorkspaceError as exc:
             report.flag("integrity", str(exc))
             continue
-        if not path.exists():
+        try:
+            content: bytes | None = path.read_bytes()
+        except FileNotFoundError:  # also when a deletion unlinks it during the check
+            content = None
+        if content is None:
             if artifact in active:
                 changed = changed if changed is not None else registry.purged_among(active)
                 if artifact in changed:
@@ -358,7 +362,7 @@ def _check_files(workspace: Workspace, snap: Snapshot, report: VerifyReport) -> 
                     report.flag("integrity", f"active artifact file missing: {path}")
             continue
         files += 1
-        if hashlib.sha256(path.read_bytes()).hexdigest() != artifact:
+        if hashlib.sha256(content).hexdigest() != artifact:
             report.flag(
                 "integrity", f"artifact file {path.name} does not match its sha256 (corrupted)"
             )
