@@ -164,7 +164,6 @@ def token_create(
     as_json: bool = JSON,
 ) -> None:
     """Create a token; it is printed once and never stored (only its hash is)."""
-
     info, secret = open_workspace(workspace).create_token(scope, name)
     if as_json:
         print_json({**info.to_dict(), "token": secret})
@@ -179,7 +178,6 @@ def token_create(
 @tokens.command("list")
 def token_list(workspace: Path = WS, as_json: bool = JSON) -> None:
     """List tokens (ids, names, scopes, revocation); never their secrets."""
-
     rows = open_workspace(workspace, read_only=True).tokens()
     if as_json:
         print_json([t.to_dict() for t in rows])
@@ -198,7 +196,6 @@ def token_revoke(
     as_json: bool = JSON,
 ) -> None:
     """Revoke a token now (a running service refuses it from its next request)."""
-
     info = open_workspace(workspace).revoke_token(token)
     if as_json:
         print_json(info.to_dict())
