@@ -83,12 +83,36 @@ class Client:
         return Generation.from_dict(self._call("POST", "/v1/generate", json=body))
 
     def forget(
-        self, ids: Sequence[str | int] = (), *, subjects: Sequence[str | int] = ()
+        self,
+        ids: Sequence[str | int] = (),
+        *,
+        subjects: Sequence[str | int] = (),
+        wait_erasure: bool | float = False,
     ) -> Receipt:
-        """Forget samples (and every sample of some subjects) now; the receipt is durable
-        (and the erasure done) on return."""
+        """Forget samples (and every sample of some subjects) now: durable and no longer
+        served on return; the receipt says whether the erasure is complete yet.
+        ``wait_erasure`` asks the service to answer only once it is (``True``: up to the
+        service's bound; a number: at most that many seconds more, polling)."""
         body = {"ids": list(ids), "subjects": list(subjects)}
-        return Receipt.from_dict(self._call("POST", "/v1/forget", json=body))
+        params = {"wait": "erasure"} if wait_erasure is not False else {}
+        receipt = Receipt.from_dict(self._call("POST", "/v1/forget", json=body, params=params))
+        if receipt.erasure == "pending" and not isinstance(wait_erasure, bool):
+            receipt = self.finish_erasure(receipt.request_id, float(wait_erasure))
+        return receipt
+
+    def finish_erasure(self, request_id: str, timeout: float = 30.0) -> Receipt:
+        """Wait up to ``timeout`` seconds for a deletion's erasure to complete; return its
+        receipt with the state reached."""
+        deadline = time.monotonic() + timeout
+        receipt = self.receipt(request_id)
+        while receipt.erasure == "pending" and time.monotonic() < deadline:
+            time.sleep(0.02)
+            receipt = self.receipt(request_id)
+        return receipt
+
+    def erasure_complete(self, request_id: str) -> bool:
+        """Whether no byte of this deletion's samples is left in any of the service's files."""
+        return self.receipt(request_id).erasure == "complete"
 
     def forget_subject(self, subjects: Sequence[str | int]) -> Receipt:
         """Forget every sample of these data subjects, in one request."""

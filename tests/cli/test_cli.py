@@ -164,7 +164,9 @@ def test_system_commands_json(trained_ws: Path, tmp_path: Path) -> None:
     ids_file.write_text(samples[0]["id"] + "\n" + samples[1]["id"] + "\n")
     receipt = json.loads(run("forget", *ws, "--file", str(ids_file), "--json"))
     assert sorted(receipt["deleted"]) == sorted([samples[0]["id"], samples[1]["id"]])
-    assert receipt["erasure"] == "complete" and receipt["chain_seq"] > 0
+    assert receipt["erasure"] == "pending" and receipt["chain_seq"] > 0  # acknowledged on commit
+    shown = json.loads(run("receipt", receipt["request_id"], *ws, "--json"))
+    assert shown["erasure"] == "complete"  # the command finished it before it exited
     status = json.loads(run("status", *ws, "--json"))
     assert status["deleted_samples"] == 2 and status["deletion_requests"] == 1
     predictions = json.loads(run("predict", *ws, "good film", "awful plot", "--json"))
@@ -297,7 +299,7 @@ def test_receipts_prove_a_deletion_and_reference_recomputes(
     ws = tmp_path / "ws"
     shutil.copytree(trained_ws, ws)
     victim = json.loads(run("samples", "-w", str(ws), "--json"))[0]["id"]
-    receipt = json.loads(run("forget", "-w", str(ws), victim, "--json"))
+    receipt = json.loads(run("forget", "-w", str(ws), victim, "--wait-erasure", "--json"))
     assert receipt["erasure"] == "complete" and len(receipt["chain_head"]) == 64
     shown = json.loads(run("receipt", receipt["request_id"], "-w", str(ws), "--json"))
     assert shown["chain_head"] == receipt["chain_head"] and shown["deleted"] == [victim]

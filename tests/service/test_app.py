@@ -82,12 +82,15 @@ def test_predict_gives_label_names_and_rejects_bad_input(client: TestClient) -> 
 
 def test_forget_returns_a_stored_receipt_and_names_unknown_ids(client: TestClient) -> None:
     victim = _sample_in(client, 0, 0)
-    out = client.post("/v1/forget", json={"ids": [victim]})
+    out = client.post("/v1/forget", json={"ids": [victim]}, params={"wait": "erasure"})
     assert out.status_code == 200, out.text
     receipt = out.json()
     assert receipt["deleted"] == [victim] and receipt["truncated"]
+    assert receipt["erasure"] == "complete"
     stored = client.get(f"/v1/deletions/{receipt['request_id']}")
     assert stored.status_code == 200 and stored.json() == receipt
+    bad_wait = client.post("/v1/forget", json={"ids": [victim]}, params={"wait": "forever"})
+    assert bad_wait.status_code == 422 and bad_wait.json()["error"] == "InvalidRequest"
 
     missing = client.get("/v1/deletions/no-such-request")
     assert missing.status_code == 404 and missing.json()["error"] == "UnknownRequestError"
@@ -106,7 +109,7 @@ def test_samples_and_audit(client: TestClient) -> None:
     live = client.get("/v1/samples").json()
     assert len(live) == 120 and {"id", "shard", "slice", "deleted_at"} <= set(live[0])
     assert len(client.get("/v1/samples", params={"shard": 1}).json()) < 120
-    client.post("/v1/forget", json={"ids": [live[0]["id"]]})
+    client.post("/v1/forget", json={"ids": [live[0]["id"]]}, params={"wait": "erasure"})
     assert len(client.get("/v1/samples").json()) == 119
     everything = client.get("/v1/samples", params={"include_deleted": True}).json()
     assert [r["id"] for r in everything if r["deleted_at"]] == [live[0]["id"]]

@@ -42,8 +42,11 @@ def test_the_client_has_the_library_s_methods_and_types(served: tuple[Client, S3
     assert prediction.labels == system.predict(["a fine film", "dull"]).labels
     samples = client.samples(shard=0)
     assert isinstance(samples[0], SampleInfo) and samples == system.samples(0)
-    receipt = client.forget([samples[0].id])
+    receipt = client.forget([samples[0].id], wait_erasure=True)
     assert isinstance(receipt, Receipt) and receipt.deleted == [samples[0].id]
+    assert receipt.erasure == "complete" and client.erasure_complete(receipt.request_id)
+    acknowledged = client.forget([samples[1].id])  # on commit: the erasure follows
+    assert client.finish_erasure(acknowledged.request_id, 30).erasure == "complete"
     assert client.receipt(receipt.request_id) == system.receipt(receipt.request_id)
     assert isinstance(client.status(), Status) and client.status() == system.status()
     assert isinstance(client.health(), Health)

@@ -123,10 +123,13 @@ def test_a_mixed_load_keeps_every_promise(
                 answers.append((sent, used, worker))
             i += 1
 
+    requests: list[str] = []
+
     def forgetting() -> None:
         for victim in victims:
             receipt = privacy.forget([victim])
             acks.append((time.monotonic(), set(receipt.purged_artifacts), receipt.deleted))
+            requests.append(receipt.request_id)
             time.sleep(0.15)
 
     verified: list[bool] = []
@@ -158,6 +161,7 @@ def test_a_mixed_load_keeps_every_promise(
         assert all(not (used & purged) for used in late)
     forgotten = {sid for _, _, deleted in acks for sid in deleted}
     assert forgotten == set(victims)
+    assert all(privacy.erasure_complete(r) for r in requests)  # erased in the background
     final = privacy.status()
     assert final.sequences_below_full_depth == 0 and final.live_shards == 2
     metrics = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {tokens['app']}"}).text
@@ -198,7 +202,7 @@ def test_a_mixed_load_keeps_every_promise(
     # SIGTERM with work in flight: requests finish, the acknowledged deletion is durable.
     # Each request sends half its body, SIGTERM arrives, then the rest: they are in flight.
     last = privacy.samples(shard=0)[0].id
-    receipt = privacy.forget([last])
+    receipt = privacy.forget([last], wait_erasure=True)  # ?wait=erasure
     halfway, resume = threading.Semaphore(0), threading.Event()
     finished: list[int | str] = []
 

@@ -127,7 +127,9 @@ def test_probes_metrics_and_the_access_log(
     )
     ready = client.get("/v1/readyz").json()
     assert ready["ready"] and ready["model_loaded"] and ready["live_shards"] == 2
-    client.post("/v1/forget", json={"ids": [client.get("/v1/samples").json()[0]["id"]]})
+    victim = client.get("/v1/samples").json()[0]["id"]
+    forgot = client.post("/v1/forget", params={"wait": "erasure"}, json={"ids": [victim]})
+    assert forgot.json()["erasure"] == "complete"
     metrics = client.get("/metrics").text
     for name in (
         's3t_requests_total{method="POST",route="/v1/predict",status="200"} 1.0',

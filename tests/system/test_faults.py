@@ -101,7 +101,7 @@ def test_a_full_disk_is_a_clear_error_that_changes_nothing(trained: Path, action
     system = S3T.open(trained)
     victim = system.samples(0)[0].id
     if action == "retrain":
-        system.forget([victim])
+        system.forget([victim], wait_erasure=True)
     before = (system.status().to_dict(), len(system.audit()))
     args = [victim] if action == "forget" else []
     out = subprocess.run(

@@ -58,6 +58,9 @@ def test_receipt_truncation_and_erasure(trained) -> None:  # type: ignore[no-unt
     victim = next(s.id for s in system.samples(0) if s.slice == row.perm[2])
     receipt = system.forget([victim])
     assert receipt.deleted == [victim] and receipt.already_deleted == []
+    assert receipt.erasure == "pending"  # acknowledged on commit; the bytes go next
+    receipt = system.finish_erasure(receipt.request_id, 30)
+    assert receipt.erasure == "complete"
     cut = {(t.shard, t.seq): t for t in receipt.truncated}
     assert cut[(0, 1)].depth_before == 3 and cut[(0, 1)].depth_after == 2
     assert cut[(0, 1)].deactivated == [row.positions[2]]

@@ -31,7 +31,7 @@ def forgotten(trained: Path) -> tuple[Path, Receipt]:
     system = S3T.open(trained)
     perm = system.sequences(0)[0].perm
     victim = next(s.id for s in system.samples(0) if s.slice == perm[1])
-    receipt = system.forget([victim])
+    receipt = system.forget([victim], wait_erasure=True)
     assert receipt.purged_artifacts and receipt.erasure == "complete"
     system.close()
     return trained, receipt

@@ -99,7 +99,7 @@ def test_an_artifact_a_deletion_unlinks_during_the_check_is_pending_not_a_crash(
     def racing(path: Path) -> bytes:
         if path.stem in sequence.artifacts and not raced:
             raced.append(path.name)
-            receipt = forgetter.forget([victim])  # its first slice: every stage is purged
+            receipt = forgetter.forget([victim], wait_erasure=True)  # every stage purged
             assert path.stem in receipt.purged_artifacts and not path.exists()
         return read_bytes(path)
 

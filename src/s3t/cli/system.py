@@ -90,8 +90,14 @@ def forget(
     subject: list[str] = typer.Option(
         None, "--subject", help="Forget every sample of this data subject (repeatable)."
     ),
+    wait_erasure: bool = typer.Option(
+        False,
+        "--wait-erasure",
+        help="Return only once no byte of the samples is left in any file (without it the "
+        "deletion is acknowledged once committed and the erasure follows in milliseconds).",
+    ),
     erase_wait: float = typer.Option(
-        30.0, "--erase-wait", min=0, help="Seconds to wait for a pending erasure to finish."
+        30.0, "--erase-wait", min=0, help="With --wait-erasure: the longest wait, in seconds."
     ),
     workspace: Path | None = WS_OR_URL,
     url: str | None = URL,
@@ -99,8 +105,9 @@ def forget(
     as_json: bool = JSON,
 ) -> None:
     """Forget samples — or every sample of some data subjects — now, in one request:
-    exact, durable; truncates the sequences that saw them and erases every byte of them
-    from the workspace's files."""
+    exact, durable, no longer served when this returns; truncates the sequences that saw
+    them, and erases every byte of them from the workspace's files (the receipt says
+    whether that is complete yet; --wait-erasure waits for it)."""
     wanted = list(ids or []) + _read_lines(file)
     people = list(subject or [])
     if not wanted and not people:
@@ -111,7 +118,7 @@ def forget(
     began = time.perf_counter()
     receipt = system.forget(wanted, subjects=people)
     elapsed_ms = (time.perf_counter() - began) * 1000
-    if receipt.erasure == "pending" and url is None:
+    if receipt.erasure == "pending" and wait_erasure:
         receipt = system.finish_erasure(receipt.request_id, erase_wait)
     if as_json:
         print_json(receipt.to_dict() | {"milliseconds": round(elapsed_ms, 3)})
@@ -142,8 +149,9 @@ def forget(
     console.print(
         f"erasure {receipt.erasure}"
         + (
-            " (a reader of an older snapshot holds old pages; the next process to open the "
-            "workspace, or a running service, finishes it)"
+            " (it follows in milliseconds: this command finishes it before it exits, or a "
+            f"running service does; `s3t receipt {receipt.request_id}` shows it, "
+            "--wait-erasure waits for it)"
             if receipt.erasure == "pending"
             else ""
         )

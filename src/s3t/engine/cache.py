@@ -29,8 +29,8 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,8 @@ class ActivationCache:
         self.engine = engine
         self.spill_guard = spill_guard
         self._lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        self._to_drop: set[Hashable] = set()  # groups deletions dropped while the cache was busy
         self.batch_size = batch_size
         self.max_bytes = max_bytes
         self.spill_dir = spill_dir
@@ -154,7 +156,7 @@ class ActivationCache:
         """Serve rows of ``store`` from now on, grouped by ``groups`` (sample id -> group;
         one group for all by default). Groups whose members are unchanged keep their
         cached values; the others are dropped (their spill files deleted)."""
-        with self._lock:
+        with self._locked():
             self._bind(store, groups)
 
     def _bind(self, store: FeatureStore, groups: Mapping[str, Hashable] | None) -> None:
@@ -170,16 +172,37 @@ class ActivationCache:
 
     def close(self) -> None:
         """Drop everything (spill files included)."""
-        with self._lock:
+        with self._locked():
             for group in list(self._computed):
                 self._drop(group)
 
     def drop(self, groups: Iterable[Hashable]) -> None:
-        """Drop these groups now (e.g. they held a sample just forgotten); a stage still
-        reading them recomputes them, in memory if the spill guard refuses a file."""
+        """Drop these groups (e.g. they held a sample just forgotten): now if the cache is
+        idle, else as soon as the stage computing or reading it lets go — a deletion never
+        waits for a stage's work. A stage still reading them recomputes them, in memory
+        if the spill guard refuses a file."""
+        with self._pending_lock:
+            self._to_drop.update(groups)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop_pending()
+            finally:
+                self._lock.release()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the cache; on the way out, drop what deletions asked to drop meanwhile."""
         with self._lock:
-            for group in groups:
-                self._drop(group)
+            try:
+                yield
+            finally:
+                self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        with self._pending_lock:
+            groups, self._to_drop = self._to_drop, set()
+        for group in groups:
+            self._drop(group)
 
     def _drop(self, group: Hashable) -> None:
         self._computed.pop(group, None)
@@ -208,7 +231,7 @@ class ActivationCache:
 
     def ensure(self, rows: Sequence[int]) -> None:
         """Compute every cached layer's input for the groups of ``rows`` not cached yet."""
-        with self._lock:
+        with self._locked():
             self._ensure(rows)
 
     def _ensure(self, rows: Sequence[int]) -> None:
@@ -300,7 +323,7 @@ class ActivationCache:
     def batch(self, layer: int, rows: Sequence[int]) -> torch.Tensor:
         """Return the cached inputs of ``layer`` for ``rows``, zero-padded like
         :meth:`FeatureStore.collate` pads the batch (padded positions are masked anyway)."""
-        with self._lock:
+        with self._locked():
             return self._batch(layer, rows)
 
     def _batch(self, layer: int, rows: Sequence[int]) -> torch.Tensor:

@@ -19,14 +19,17 @@ never uses a stage the deletion purged (:class:`ResponseFence`). Every error is 
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -53,32 +56,43 @@ from s3t.service.errors import (
 )
 from s3t.service.gate import Gate, Telemetry
 from s3t.service.settings import ServiceSettings
-from s3t.system.access import TokenInfo
+from s3t.system.access import TokenCache, TokenInfo
 from s3t.system.api import S3T
+from s3t.system.serving.requests import Prediction
 from s3t.system.training.background import RetrainPolicy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ResponseFence:
     """Orders prediction answers and deletion acknowledgements (see the module docstring):
-    a prediction is validated and enters the fence under one lock; a deletion, once
-    committed, waits until every answer that entered before it has been sent."""
+    the answers of a batch are validated and enter the fence under one lock, on the
+    batcher's thread; a deletion, once committed, waits until every answer that entered
+    before it has been sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, system: S3T) -> None:
+        self.system = system
         self.lock = threading.Lock()
         self._next = 0
         self._open: set[int] = set()
 
-    def enter(self) -> int:
-        """Register an answer about to be sent (call holding :attr:`lock`)."""
-        self._next += 1
-        self._open.add(self._next)
-        return self._next
+    def admit(self, answers: list[Prediction]) -> list[int] | None:
+        """The batcher's admit hook: a ticket per answer, or ``None`` when a deletion
+        purged a stage one of them used (they are computed again)."""
+        served = [s for answer in answers for s in answer.served]
+        with self.lock:
+            if not self.system.still_valid(served):
+                return None
+            tickets = list(range(self._next + 1, self._next + 1 + len(answers)))
+            self._next += len(answers)
+            self._open.update(tickets)
+        return tickets
 
     def position(self) -> int:
-        """The last answer that entered (call holding :attr:`lock`)."""
-        return self._next
+        """The last answer that entered."""
+        with self.lock:
+            return self._next
 
     def leave(self, ticket: int | None) -> None:
         """The answer was sent (or its request ended)."""
@@ -96,6 +110,33 @@ class ResponseFence:
             await asyncio.sleep(0.001)
 
 
+class Admission:
+    """One prediction's place in the fence: taken on the batcher's thread when its answer
+    is admitted, released once the answer was sent or the request ended (whichever
+    happens first; a request abandoned before its answer was admitted releases the ticket
+    the moment it is taken)."""
+
+    def __init__(self, fence: ResponseFence) -> None:
+        self.fence = fence
+        self._lock = threading.Lock()
+        self._ticket: int | None = None
+        self._released = False
+
+    def admitted(self, ticket: int) -> None:
+        """The batcher admitted the answer under ``ticket``."""
+        with self._lock:
+            self._ticket = ticket
+            if self._released:
+                self.fence.leave(ticket)
+
+    def release(self) -> None:
+        """The answer was sent, or the request ended without it."""
+        with self._lock:
+            self._released = True
+            if self._ticket is not None:
+                self.fence.leave(self._ticket)
+
+
 @dataclass
 class ServiceState:
     """What the endpoints share."""
@@ -103,14 +144,50 @@ class ServiceState:
     system: S3T
     settings: ServiceSettings
     telemetry: Telemetry
+    fence: ResponseFence
+    tokens: TokenCache
     owns_system: bool = False
-    fence: ResponseFence = field(default_factory=ResponseFence)
     #: synchronous retrains share one trainer (one model instance): one at a time
     retrain_lock: threading.Lock = field(default_factory=threading.Lock)
     background_lock: threading.Lock = field(default_factory=threading.Lock)
     started_background: bool = False
     batcher: Any = None
     _start_lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    #: deletions run on a thread of their own, so an acknowledgement never queues behind
+    #: reports; reports (status, verify, samples, audit, receipts) share a few threads, so
+    #: however many arrive they compete with deletions and predictions for the
+    #: interpreter lock as a few threads, not as many
+    deletions: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="s3t-forget")
+    )
+    reports: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="s3t-report")
+    )
+
+    async def report(self, compute: Callable[..., T], *args: Any) -> T:
+        """Run a report (a read of the workspace) on the report threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.reports, functools.partial(compute, *args)
+        )
+
+    async def delete(self, compute: Callable[[], T]) -> T:
+        """Run a deletion on the deletion thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.deletions, compute)
+
+    def refresh_tokens(self, seconds: float = 0.1) -> None:
+        """Keep the token cache current (a token revoked elsewhere is refused within
+        ``seconds``) until the service stops."""
+        while not self.stopping.wait(seconds):
+            try:
+                self.tokens.refresh()
+            except Exception:  # keep serving with the tokens known; say why
+                log.exception("reading the access tokens failed")
+
+    def shutdown(self) -> None:
+        """Finish what the lanes are doing and stop their threads."""
+        self.deletions.shutdown(wait=True)
+        self.reports.shutdown(wait=True)
 
     def start_batcher(self) -> Any:
         """The prediction batcher (started on first use when no lifespan ran)."""
@@ -122,6 +199,7 @@ class ServiceState:
                     max_queued=self.settings.max_queued,
                     chunk=self.settings.chunk,
                     on_batch=self.telemetry.observe_batch,
+                    admit=self.fence.admit,
                 )
                 batcher = self.batcher
                 self.telemetry.queue_depth = lambda: batcher.queued
@@ -151,7 +229,10 @@ def scope(name: str) -> Callable[[Request], Awaitable[TokenInfo | None]]:
                 "Unauthorized",
                 "send `Authorization: Bearer <token>`; create one with `s3t token create`",
             )
-        token = await run_in_threadpool(state.system.authenticate, presented.strip())
+        presented = presented.strip()
+        if not state.tokens.knows(presented):  # created a moment ago elsewhere?
+            await state.report(state.tokens.refresh)
+        token = state.tokens.authenticate(presented)
         if token is None:
             raise RefusalError(401, "Unauthorized", "the bearer token is unknown or revoked")
         request.state.token = token.id
@@ -180,17 +261,24 @@ def create_app(
     stops the background work it started, and closes the system when ``owns_system``."""
     settings = settings or ServiceSettings()
     telemetry = Telemetry(system)
-    state = ServiceState(system, settings, telemetry, owns_system)
+    state = ServiceState(
+        system, settings, telemetry, ResponseFence(system), system.token_cache(), owns_system
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if system.task != "instruction":
             state.start_batcher()
         # load the model now, in the background: /v1/readyz turns ready when it is in memory
-        threading.Thread(target=system.load_model, name="s3t-load", daemon=True).start()
+        threading.Thread(target=_load, args=(system,), name="s3t-load", daemon=True).start()
+        refresher = threading.Thread(target=state.refresh_tokens, name="s3t-tokens", daemon=True)
+        refresher.start()
         yield
+        state.stopping.set()
+        refresher.join(5)
         if state.batcher is not None:
             await run_in_threadpool(state.batcher.stop)
+        await run_in_threadpool(state.shutdown)
         if state.owns_system or state.started_background:
             await run_in_threadpool(system.close)
 
@@ -208,6 +296,15 @@ def create_app(
     app.add_api_route("/metrics", metrics, methods=["GET"], dependencies=[_scoped("read")])
     app.add_middleware(Gate, settings=settings, telemetry=telemetry)
     return app
+
+
+def _load(system: S3T) -> None:
+    """Load the models, then take what lives as long as the process (models, libraries)
+    out of the garbage collector's full scans: with them in, each full collection pauses
+    every thread — the event loop, deletions included — for 100-250 ms."""
+    system.load_model()
+    gc.collect()
+    gc.freeze()
 
 
 def app_for_workspace(
@@ -254,49 +351,50 @@ def readyz(state: State) -> S3TJSONResponse:
 
 
 @v1.get("/health", dependencies=[_scoped("read")])
-def health(state: State) -> dict[str, Any]:
+async def health(state: State) -> dict[str, Any]:
     """Live shards, quarantined stages and pending erasures; reads only the registry."""
-    return state.system.health().to_dict()
+    return (await state.report(state.system.health)).to_dict()
 
 
 @v1.get("/status", dependencies=[_scoped("read")])
-def status(state: State) -> dict[str, Any]:
+async def status(state: State) -> dict[str, Any]:
     """Per-shard depths, live shards, deletions so far and deletions left before failure."""
-    return state.system.status().to_dict()
+    return (await state.report(state.system.status)).to_dict()
 
 
 @v1.get("/verify", dependencies=[_scoped("read")])
-def verify(state: State) -> S3TJSONResponse:
+async def verify(state: State) -> S3TJSONResponse:
     """Recompute every exactness invariant: 200 when none is broken, 409 otherwise."""
-    report = state.system.verify()
+    report = await state.report(state.system.verify)
     return S3TJSONResponse(report.to_dict(), status_code=200 if report.ok else 409)
 
 
 @v1.get("/samples", dependencies=[_scoped("read")])
-def samples(
+async def samples(
     state: State,
     shard: Annotated[int | None, Query(ge=0, le=2**31, description="Only this shard.")] = None,
     subject: Annotated[str | None, Query(max_length=256, description="Only this subject.")] = None,
     include_deleted: Annotated[bool, Query(description="Include deleted samples.")] = False,
 ) -> list[dict[str, Any]]:
     """Sample ids with their shard, slice, subject and deletion time."""
-    return [s.to_dict() for s in state.system.samples(shard, include_deleted, subject)]
+    rows = await state.report(state.system.samples, shard, include_deleted, subject)
+    return [s.to_dict() for s in rows]
 
 
 @v1.get("/audit", dependencies=[_scoped("read")])
-def audit(
+async def audit(
     state: State,
     since: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="Only events after this number.")
     ] = 0,
 ) -> list[dict[str, Any]]:
     """The hash-chained, append-only audit log, oldest first."""
-    return state.system.audit(since)
+    return await state.report(state.system.audit, since)
 
 
-def metrics(state: State) -> Any:
+async def metrics(state: State) -> Any:
     """Prometheus metrics: requests, latency, queue, batches, deletions, shards, retraining."""
-    return state.telemetry.exposition()
+    return await state.report(state.telemetry.exposition)
 
 
 # ----- serving ---------------------------------------------------------------------------------
@@ -313,18 +411,14 @@ async def predict(body: PredictRequest, state: State, http: Request) -> S3TJSONR
                 raise LimitError(f"max_chars is {settings.max_chars}, input {i} has {len(text)}")
     inputs: Any = image_array(body.inputs) if system.modality == "image" else body.inputs
     request = system.validate_request(inputs, body.aggregate)
-    batcher = state.start_batcher()
-    while True:
-        prediction = await asyncio.wrap_future(batcher.submit(request))
-        with state.fence.lock:  # validated and registered before any later deletion commits
-            if system.still_valid(prediction.served):
-                ticket = state.fence.enter()
-                http.state.fence, http.state.fence_ticket = state.fence, ticket
-                break
+    place = http.state.admission = Admission(state.fence)  # the gate releases it at the end
+    prediction = await asyncio.wrap_future(
+        state.start_batcher().submit(request, on_admit=place.admitted)
+    )
     answer = prediction.to_dict()
     if settings.labels_only:
         answer["scores"] = []
-    return S3TJSONResponse(answer, background=BackgroundTask(state.fence.leave, ticket))
+    return S3TJSONResponse(answer, background=BackgroundTask(place.release))
 
 
 @v1.post("/generate", dependencies=[_scoped("predict")])
@@ -343,28 +437,46 @@ def generate(body: GenerateRequest, state: State) -> dict[str, Any]:
 
 # ----- deletion and healing --------------------------------------------------------------------
 @v1.post("/forget", dependencies=[_scoped("forget")])
-async def forget(body: ForgetRequest, state: State) -> dict[str, Any]:
-    """Forget samples now: exact, committed to disk and erased before this response is
-    sent; every prediction answered before it with a stage it purged is sent first."""
+async def forget(
+    body: ForgetRequest,
+    state: State,
+    wait: Annotated[
+        Literal["erasure"] | None,
+        Query(
+            description="erasure: answer only once no byte of the samples is left in any "
+            "file (bounded by the service's erase_wait; the receipt says which state it "
+            "reached). Without it the answer comes once the deletion is committed and no "
+            "longer served, and the erasure follows within milliseconds."
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """Forget samples now: exact and committed to disk when this response is sent, and
+    every prediction answered before it with a stage it purged is sent first. The
+    receipt's ``erasure`` says whether the bytes are gone from every file yet."""
     named = len(body.ids) + len(body.subjects)
     if named > state.settings.max_forget_ids:
         raise too_large("max_forget_ids", named, state.settings.max_forget_ids)
-    receipt = await run_in_threadpool(lambda: state.system.forget(body.ids, subjects=body.subjects))
-    with state.fence.lock:
-        position = state.fence.position()
-    await state.fence.wait_until_sent(position)
+    receipt = await state.delete(lambda: state.system.forget(body.ids, subjects=body.subjects))
+    await state.fence.wait_until_sent(state.fence.position())
     state.telemetry.observe_deletion(len(receipt.deleted))
+    if wait == "erasure" and receipt.erasure == "pending":
+        deadline = time.monotonic() + state.settings.erase_wait
+        while time.monotonic() < deadline:
+            if state.system.erasure_complete(receipt.request_id):
+                break
+            await asyncio.sleep(0.002)
+        receipt = await state.report(state.system.receipt, receipt.request_id)
     return receipt.to_dict()
 
 
 @v1.get("/deletions/{request_id}", dependencies=[_scoped("read")])
-def deletion(request_id: str, state: State) -> dict[str, Any]:
+async def deletion(request_id: str, state: State) -> dict[str, Any]:
     """The receipt of an earlier deletion request, with its erasure state now."""
-    return state.system.receipt(request_id).to_dict()
+    return (await state.report(state.system.receipt, request_id)).to_dict()
 
 
 @v1.get("/deletions/{request_id}/verify", dependencies=[_scoped("read")])
-def verify_deletion(
+async def verify_deletion(
     request_id: str,
     state: State,
     chain_head: Annotated[
@@ -377,10 +489,10 @@ def verify_deletion(
 ) -> S3TJSONResponse:
     """Prove that a deletion is still in force and that the log up to it was not rewritten:
     200 when so, 409 with the report when not."""
-    receipt = state.system.receipt(request_id)
+    receipt = await state.report(state.system.receipt, request_id)
     if chain_head is not None:
         receipt = replace(receipt, chain_head=chain_head)
-    report = state.system.verify_receipt(receipt)
+    report = await state.report(state.system.verify_receipt, receipt)
     return S3TJSONResponse(report.to_dict(), status_code=200 if report.ok else 409)
 
 
@@ -430,10 +542,13 @@ def tokens(state: State) -> list[dict[str, Any]]:
 def create_token(body: TokenRequest, state: State) -> dict[str, Any]:
     """A new token; its secret is in this answer and nowhere else."""
     info, secret = state.system.create_token(body.scopes, body.name)
+    state.tokens.refresh()
     return {**info.to_dict(), "token": secret}
 
 
 @v1.delete("/tokens/{token_id}", dependencies=[_scoped("admin")])
 def revoke_token(token_id: str, state: State) -> dict[str, Any]:
     """Revoke a token now."""
-    return state.system.revoke_token(token_id).to_dict()
+    info = state.system.revoke_token(token_id)
+    state.tokens.refresh()  # refused from the next request
+    return info.to_dict()

@@ -171,9 +171,9 @@ class Gate:
             else:
                 await self.app(scope, _replay(body, receive), send_with_id)
         finally:
-            fence = state.get("fence")
-            if fence is not None:
-                fence.leave(state.get("fence_ticket"))
+            admission = state.get("admission")
+            if admission is not None:  # a prediction's place in the deletion fence
+                admission.release()
             route = getattr(scope.get("route"), "path", "unmatched")
             seconds = time.perf_counter() - began
             self.telemetry.observe_request(route, scope["method"], status["code"], seconds)

@@ -31,6 +31,10 @@ class ServiceSettings:
     chunk: int = option(
         32, "Inputs a request contributes to each batch (a small request waits one chunk at most)."
     )
+    erase_wait: float = option(
+        30.0,
+        "Longest a forget request asking ?wait=erasure waits for the erasure, in seconds.",
+    )
     labels_only: bool = option(
         False,
         "Answer predictions without scores (scores before and after a deletion can reveal "
@@ -56,6 +60,8 @@ class ServiceSettings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.erase_wait < 0:
+            raise ConfigError(f"erase_wait must be >= 0 seconds, got {self.erase_wait!r}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
         if not self.trusted_hosts:

@@ -13,7 +13,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,14 +79,44 @@ def create_token(
 def authenticate(workspace: Workspace, presented: str) -> TokenInfo | None:
     """The token's record if ``presented`` is a valid, unrevoked token; else ``None``. The
     secret is compared in constant time, and an unknown id costs the same comparison."""
+    return _check(workspace.registry().token, presented)
+
+
+def _check(find: Callable[[str], TokenRow | None], presented: str) -> TokenInfo | None:
     match = _TOKEN.fullmatch(presented)
-    row = workspace.registry().token(match.group(1)) if match else None
+    row = find(match.group(1)) if match else None
     secret = match.group(2) if match else ""
     digest = hashlib.sha256(secret.encode()).hexdigest()
     expected = row.secret_sha256 if row is not None else _DUMMY
     if not hmac.compare_digest(digest, expected) or row is None or row.revoked is not None:
         return None
     return _info(row)
+
+
+class TokenCache:
+    """The workspace's tokens held in memory, so that checking a request's token reads
+    nothing from the workspace (a busy service checks one per request). It is as current
+    as its last :meth:`refresh`: the HTTP service refreshes it every 0.1 s, at once after
+    it creates or revokes a token itself, and before refusing a token it does not know
+    (one created a moment ago elsewhere)."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.ws = workspace
+        self._rows: dict[str, TokenRow] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the tokens again."""
+        self._rows = {row.id: row for row in self.ws.registry().tokens()}
+
+    def knows(self, presented: str) -> bool:
+        """Whether ``presented`` names a token id this cache holds."""
+        match = _TOKEN.fullmatch(presented)
+        return match is not None and match.group(1) in self._rows
+
+    def authenticate(self, presented: str) -> TokenInfo | None:
+        """As :func:`authenticate`, from memory."""
+        return _check(self._rows.get, presented)
 
 
 def list_tokens(workspace: Workspace) -> list[TokenInfo]:

@@ -23,7 +23,14 @@ from s3t.core.selection import Served
 from s3t.data.examples import Dataset, Examples
 from s3t.engine.settings import Compute
 from s3t.errors import InvalidRequestError, UnknownRequestError
-from s3t.system.access import TokenInfo, authenticate, create_token, list_tokens, revoke_token
+from s3t.system.access import (
+    TokenCache,
+    TokenInfo,
+    authenticate,
+    create_token,
+    list_tokens,
+    revoke_token,
+)
 from s3t.system.config import S3TConfig
 from s3t.system.forget import Receipt, forget, stored_receipt
 from s3t.system.maintenance import Janitor
@@ -58,6 +65,8 @@ if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
 log = logging.getLogger(__name__)
 
 _MAX_INT = 2**63 - 1
+#: the longest a caller who asked to wait for a deletion's erasure waits, by default
+ERASE_WAIT_SECONDS = 30.0
 
 
 class S3T:
@@ -109,8 +118,11 @@ class S3T:
         return self._server is not None and self._server.loaded
 
     def load_model(self) -> None:
-        """Load the model into memory now (serving otherwise loads it on first use)."""
+        """Load the model into memory now (serving otherwise loads it on first use), and
+        the background retrainer's model instance when one runs."""
         _ = self._serving.engine
+        if self.background is not None:
+            self.background.prepare()
 
     @property
     def _serving(self) -> Server:
@@ -256,12 +268,14 @@ class S3T:
         max_queued: int = 4096,
         chunk: int = 32,
         on_batch: Callable[[int, int], None] | None = None,
+        admit: Callable[[list[Prediction]], list[Any] | None] | None = None,
     ) -> Batcher:
         """A worker that answers concurrent prediction requests in batches (see
-        :mod:`s3t.system.serving.batcher`); ``stop()`` it when done."""
+        :mod:`s3t.system.serving.batcher`; ``admit`` orders answers with other events);
+        ``stop()`` it when done."""
         from s3t.system.serving.batcher import Batcher
 
-        return Batcher(self._serving, max_batch, max_wait, max_queued, chunk, on_batch)
+        return Batcher(self._serving, max_batch, max_wait, max_queued, chunk, on_batch, admit)
 
     def still_valid(self, served: Sequence[Served]) -> bool:
         """Whether none of these served stages was purged (or quarantined) since chosen."""
@@ -283,6 +297,11 @@ class S3T:
     def authenticate(self, token: str) -> TokenInfo | None:
         """The record of a valid, unrevoked token (constant-time check), else ``None``."""
         return authenticate(self._ws, token)
+
+    def token_cache(self) -> TokenCache:
+        """The tokens in memory, to check many requests' tokens without reading the
+        workspace each time (see :class:`~s3t.system.access.TokenCache`)."""
+        return TokenCache(self._ws)
 
     def served_depths(self, budget: int | None = None) -> dict[int, int]:
         """Every shard's served depth now (0 = dead), optionally in a budget-B view."""
@@ -320,22 +339,32 @@ class S3T:
 
     # ----- deletion and healing ----------------------------------------------------------------
     def forget(
-        self, ids: Sequence[str | int] = (), *, subjects: Sequence[str | int] = ()
+        self,
+        ids: Sequence[str | int] = (),
+        *,
+        subjects: Sequence[str | int] = (),
+        wait_erasure: bool | float = False,
     ) -> Receipt:
         """Delete samples — and every sample of some data subjects — now, in one
-        transaction (exact, durable); see :mod:`s3t.system.forget`. If a reader of an older
-        snapshot delays the erasure, the receipt says ``pending`` and this process finishes
-        it in the background."""
+        transaction (exact, durable); see :mod:`s3t.system.forget`. Returns once the
+        deletion is committed and no longer served; the erasure of the samples' bytes
+        from every file follows in the background within milliseconds, and the receipt
+        says ``pending`` until it is ``complete``. ``wait_erasure`` waits for it before
+        returning: ``True`` for up to :data:`ERASE_WAIT_SECONDS`, or a number of
+        seconds (a reader of an older snapshot in another process can hold it up)."""
         receipt = forget(self._ws, ids, subjects)
-        if receipt.deleted and not self._ws.read_only:
+        if receipt.deleted:
             # this process's trainers let go of the cached features of those samples (their
-            # spill files are already deleted; this closes the mappings)
+            # spill files go with the erasure; this closes the mappings)
             groups = self._ws.registry().deleted_groups([receipt.request_id])
             for holder in (self._trainer, self.background):
                 if holder is not None:
                     holder.drop_cached(groups)
         if receipt.erasure == "pending":
             self.start_maintenance().wake()
+            if wait_erasure is not False:
+                bound = ERASE_WAIT_SECONDS if wait_erasure is True else float(wait_erasure)
+                receipt = self.finish_erasure(receipt.request_id, bound)
         if self.background is not None and receipt.truncated:
             self.background.wake()
         return receipt
@@ -345,13 +374,20 @@ class S3T:
         transaction; the receipt lists every sample removed."""
         return self.forget(subjects=subjects)
 
-    def finish_erasure(self, request_id: str, timeout: float = 30.0) -> Receipt:
-        """Wait up to ``timeout`` seconds for a deletion's pending erasure to finish (it
-        waits for readers of older snapshots); return its receipt with the state reached."""
+    def finish_erasure(self, request_id: str, timeout: float = ERASE_WAIT_SECONDS) -> Receipt:
+        """Wait up to ``timeout`` seconds for a deletion's erasure to complete; return its
+        receipt with the state reached."""
         deadline = time.monotonic() + timeout
-        while request_id in self._ws.erase_pending(busy_ms=200) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if not self._ws.read_only:
+            self.start_maintenance().wake()
+        while not self.erasure_complete(request_id) and time.monotonic() < deadline:
+            time.sleep(0.002)
         return self.receipt(request_id)
+
+    def erasure_complete(self, request_id: str) -> bool:
+        """Whether no byte of this deletion's samples is left in any file of the workspace
+        (False while its erasure is pending)."""
+        return request_id not in self._ws.registry().pending_erasures()
 
     def receipt(self, request_id: str) -> Receipt:
         """The receipt of an earlier deletion request, with its erasure state now."""

@@ -4,12 +4,12 @@ Every id is validated before anything changes. Then one transaction marks the sa
 deleted, erases their stored content, truncates every sequence of their shards just before
 the first slice that held one, purges every artifact trained on them, appends the request
 to the hash-chained audit log and stores the receipt. When :func:`forget` returns the
-deletion is on disk. Erasure follows at once: the purged artifacts' files are removed,
-and the database's old pages are overwritten and its write-ahead log emptied, so that no
-byte of a forgotten sample is left in any file. If a reader of an older snapshot holds the
-old pages (another process mid-read), the receipt says ``erasure: pending`` and the
-erasure completes as soon as that reader is done (an audit event records when).
-"""
+deletion is on disk and fenced from serving: no model chosen after it uses a purged stage.
+The erasure follows in the background (``Workspace.erase_pending``, run by the facade's
+janitor within milliseconds): the purged artifacts' files are removed, and the database's
+old pages are overwritten and its write-ahead log emptied, so that no byte of a forgotten
+sample is left in any file. The receipt says ``erasure: pending`` until then, and an
+audit event records when it completed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
 
@@ -81,15 +81,13 @@ class Receipt:
 
 
 def forget(
-    workspace: Workspace,
-    ids: Iterable[object] = (),
-    subjects: Iterable[object] = (),
-    erase_wait_ms: int = 2_000,
+    workspace: Workspace, ids: Iterable[object] = (), subjects: Iterable[object] = ()
 ) -> Receipt:
     """Delete samples, and every sample of some data subjects; see the module docstring.
     Raises :class:`UnknownSampleError` or :class:`UnknownSubjectError` (and changes
-    nothing) if any id or subject was never in the workspace. ``erase_wait_ms`` bounds how
-    long the erasure waits for readers of older snapshots before it reports ``pending``."""
+    nothing) if any id or subject was never in the workspace. Returns once the deletion
+    is committed; the erasure of its bytes is then pending (``Workspace.erase_pending``
+    finishes it)."""
     named = sorted({sample_id(i) for i in _as_list(ids, allow_empty=True)})
     people = sorted({sample_id(s) for s in _as_list(subjects, allow_empty=True, what="subject")})
     if not named and not people:
@@ -111,8 +109,7 @@ def forget(
         hit: dict[int, set[int]] = {}
         for sid in fresh:
             hit.setdefault(known[sid].shard, set()).add(known[sid].slice)
-        rows = registry.sequences()
-        untrained, unusable = registry.unservable()
+        rows, untrained, unusable = registry.serving_view()
         truncations: list[Truncation] = []
         for row in rows:
             if row.shard not in hit:
@@ -159,9 +156,6 @@ def forget(
         stored = receipt.to_dict()
         stored.pop("erasure")  # the erasure's state is read live (see stored_receipt)
         registry.save_receipt(plan, stored, record.chain_seq)
-    if fresh:
-        pending = workspace.erase_pending(erase_wait_ms)
-        receipt = replace(receipt, erasure="pending" if plan.request_id in pending else "complete")
     return receipt
 
 

@@ -1,7 +1,8 @@
 """Upkeep of an open workspace by a long-running process (the HTTP service, or a library
-user whose deletion left an erasure pending): finish pending erasures within a fraction of
-a second of the reader that blocked them finishing, and sweep leftovers of crashed
-processes at a steady interval."""
+user who deleted samples): erase what deletions committed, within milliseconds of the
+commit (or of the reader that blocked the erasure finishing), pick up erasures that other
+processes left pending within ``poll_seconds``, and sweep leftovers of crashed processes
+at a steady interval."""
 
 from __future__ import annotations
 
@@ -15,14 +16,24 @@ log = logging.getLogger(__name__)
 
 
 class Janitor:
-    """A daemon thread that keeps one workspace clean (see the module docstring)."""
+    """A daemon thread that keeps one workspace clean (see the module docstring).
+
+    It erases at once when woken (``wake()`` after a deletion), retries every few
+    milliseconds while a reader of an older snapshot holds the old pages, looks for
+    erasures left pending by other processes every ``poll_seconds``, and sweeps crash
+    leftovers every ``sweep_seconds``."""
 
     def __init__(
-        self, workspace: Workspace, sweep_seconds: float = 60.0, erase_seconds: float = 0.2
+        self,
+        workspace: Workspace,
+        sweep_seconds: float = 60.0,
+        poll_seconds: float = 0.5,
+        retry_seconds: float = 0.005,
     ) -> None:
         self.ws = workspace
         self.sweep_seconds = sweep_seconds
-        self.erase_seconds = erase_seconds
+        self.poll_seconds = poll_seconds
+        self.retry_seconds = retry_seconds
         self.sweeps = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -35,7 +46,7 @@ class Janitor:
             self._thread.start()
 
     def wake(self) -> None:
-        """Look for pending erasures now (e.g. right after a deletion reported one)."""
+        """Erase now (e.g. right after a deletion committed)."""
         self._wake.set()
 
     def stop(self, timeout: float | None = 10.0) -> None:
@@ -60,10 +71,11 @@ class Janitor:
                     self.ws.sweep()
                     self.sweeps += 1
                     next_sweep = time.monotonic() + self.sweep_seconds
-                pending = self.ws.erase_pending(busy_ms=100)
+                if self.ws.registry().pending_erasures():
+                    pending = self.ws.erase_pending(busy_ms=50)
                 self.error = None
             except Exception as exc:  # keep serving; surface the error in status
                 log.exception("workspace upkeep failed")
                 self.error = exc
-            wait = self.erase_seconds if pending else max(0.0, next_sweep - time.monotonic())
-            self._wake.wait(wait)
+            idle = min(self.poll_seconds, max(0.0, next_sweep - time.monotonic()))
+            self._wake.wait(self.retry_seconds if pending else idle)

@@ -3,6 +3,7 @@ read of the registry. Every result has ``to_dict()`` for JSON."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
@@ -160,16 +161,9 @@ class Generation(_Json):
 def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
     """Per-shard depths, live shards, deletions so far and the expected number of further
     deletions (uniform over live samples, no retraining) before service failure."""
-    registry = workspace.registry()
     layout = workspace.config.layout
-    with registry.reading():
-        rows = registry.sequences()
-        untrained, unusable = registry.unservable()
-        counts = registry.slice_counts()
-        requests = registry.deletion_count()
-        quarantined = sorted(a.id for a in registry.artifacts() if a.quarantined is not None)
-        pending = len(registry.pending_erasures())
-        subjects, deleted_subjects = registry.subject_counts()
+    view = workspace.registry().status_view()
+    rows, untrained, unusable, counts = view.rows, view.untrained, view.unusable, view.slices
     chosen = serving_choice(rows, None, untrained, unusable)
     total_live = sum(live for live, _ in counts.values())
     shards = []
@@ -196,38 +190,39 @@ def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
         budget=layout.budget,
         shards=shards,
         live_shards=live_shards,
-        deletion_requests=requests,
+        deletion_requests=view.deletion_requests,
         deleted_samples=sum(s.deleted_samples for s in shards),
         estimated_deletions_left=expected_requests_to_cover(probs) if cells else 0.0,
         sequences_below_full_depth=sum(r.depth < layout.slices for r in rows),
         degraded=any(s.served_depth < layout.slices for s in shards),
         failed=live_shards == 0,
-        quarantined=quarantined,
-        erasures_pending=pending,
+        quarantined=view.quarantined,
+        erasures_pending=len(view.erasures_pending),
         background=background,
-        subjects=subjects,
-        deleted_subjects=deleted_subjects,
+        subjects=view.subjects,
+        deleted_subjects=view.deleted_subjects,
     )
 
 
 def compute_health(workspace: Workspace) -> Health:
     """Liveness from the registry alone."""
-    registry = workspace.registry()
-    with registry.reading():
-        rows = registry.sequences()
-        untrained, unusable = registry.unservable()
-        quarantined = sum(1 for a in registry.artifacts() if a.quarantined is not None)
-        pending = len(registry.pending_erasures())
-    live = len(serving_choice(rows, None, untrained, unusable))
-    return Health(True, live, live == 0, quarantined, pending, workspace.read_only)
+    view = workspace.registry().status_view()
+    live = len(serving_choice(view.rows, None, view.untrained, view.unusable))
+    return Health(
+        True,
+        live,
+        live == 0,
+        len(view.quarantined),
+        len(view.erasures_pending),
+        workspace.read_only,
+    )
 
 
 def stage_infos(workspace: Workspace) -> list[StageInfo]:
     """Every stage artifact with the sequences that hold it, by shard and slices."""
-    registry = workspace.registry()
-    with registry.reading():
-        rows = registry.sequences()
-        artifacts = registry.artifacts()
+    with workspace.registry().copy() as copy:
+        rows = copy.sequences()
+        artifacts = copy.artifacts()
     users: dict[str, list[int]] = {}
     active: set[str] = set()
     for row in rows:
@@ -260,7 +255,8 @@ def sample_infos(
 ) -> list[SampleInfo]:
     """Sample ids with their shard, slice, subject and deletion time (of one shard, or of
     one data subject)."""
-    rows = workspace.registry().samples(shard, include_deleted, subject)
+    with workspace.registry().copy() as copy:
+        rows = copy.samples(shard, include_deleted, subject)
     return [SampleInfo(r.id, r.shard, r.slice, r.subject, r.deleted_at) for r in rows]
 
 
@@ -275,6 +271,17 @@ def sequence_infos(workspace: Workspace, shard: int | None) -> list[SequenceInfo
 def audit_events(workspace: Workspace, since: int) -> list[dict[str, Any]]:
     """The audit log after event ``since``, oldest first, as JSON-ready dicts."""
     return [
-        {"seq": e.seq, "at": e.at, "event": e.event, "detail": e.detail, "hash": e.hash}
-        for e in workspace.registry().audit_log(since)
+        {
+            "seq": e.seq,
+            "at": e.at,
+            "event": e.event,
+            "detail": json.loads(e.detail_text),  # the caller's own copy
+            "hash": e.hash,
+        }
+        for e in _audit_log(workspace, since)
     ]
+
+
+def _audit_log(workspace: Workspace, since: int) -> list[Any]:
+    with workspace.registry().copy() as copy:
+        return copy.audit_log(since)

@@ -9,7 +9,11 @@ first request arrived. When more than ``max_queued`` inputs wait, a request is r
 once (:class:`QueueFullError`, with a retry hint) instead of queueing without bound.
 
 Every answer of a batch comes from one consistent choice of served models, checked
-against deletions after it was computed (see :meth:`Server.consistently`).
+against deletions after it was computed (see :meth:`Server.consistently`). A caller that
+orders answers with other events (the HTTP service, with deletion acknowledgements) gives
+an ``admit`` hook: it sees the answers a batch completes, on the worker thread, and either
+admits them (returning one token per answer, handed to each request's ``on_admit``) or
+returns ``None``, and they are computed again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from s3t.errors import QueueFullError
 from s3t.system.serving.requests import Prediction, PredictRequest
@@ -29,10 +34,14 @@ from s3t.system.serving.server import Server
 log = logging.getLogger(__name__)
 
 
+Admit = Callable[[list[Prediction]], list[Any] | None]
+
+
 @dataclass
 class _Pending:
     request: PredictRequest
     future: Future[Prediction]
+    on_admit: Callable[[Any], None] | None = None
     done: int = 0  # inputs already answered
     parts: list[Prediction] = field(default_factory=list)
 
@@ -52,8 +61,10 @@ class Batcher:
         max_queued: int = 4096,
         chunk: int = 32,
         on_batch: Callable[[int, int], None] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.server = server
+        self.admit = admit
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.max_queued = max_queued
@@ -71,8 +82,11 @@ class Batcher:
         """Inputs waiting now."""
         return self._queued
 
-    def submit(self, request: PredictRequest) -> Future[Prediction]:
-        """Queue a validated request; its future holds the prediction (or the error)."""
+    def submit(
+        self, request: PredictRequest, on_admit: Callable[[Any], None] | None = None
+    ) -> Future[Prediction]:
+        """Queue a validated request; its future holds the prediction (or the error).
+        ``on_admit`` receives the admit hook's token for it, before the future is done."""
         with self._cond:
             if self._stop:
                 raise QueueFullError("the service is shutting down; retry on another replica")
@@ -80,7 +94,7 @@ class Batcher:
                 raise QueueFullError(
                     f"{self._queued} inputs are waiting (limit {self.max_queued}); retry shortly"
                 )
-            pending = _Pending(request, Future())
+            pending = _Pending(request, Future(), on_admit)
             self._queue.append(pending)
             self._queued += len(request)
             self._cond.notify()
@@ -126,6 +140,7 @@ class Batcher:
                 answers, failure = [], exc
             if self.on_batch is not None:
                 self.on_batch(sum(len(r) for r in requests), len(requests))
+            finished: list[_Pending] = []
             with self._cond:
                 for i, (pending, take) in enumerate(batch):
                     self._queued -= take
@@ -135,9 +150,38 @@ class Batcher:
                         continue
                     pending.parts.append(answers[i])
                     if pending.left == 0:
-                        self._finish(pending, None)
+                        finished.append(pending)
+            if finished:
+                self._deliver(finished)
 
-    def _finish(self, pending: _Pending, failure: BaseException | None) -> None:
+    def _deliver(self, finished: list[_Pending]) -> None:
+        """Hand finished requests their answers, through the admit hook when there is one
+        (refused: computed again, ahead of the queue)."""
+        answers = [_join(p.parts) for p in finished]
+        try:
+            tokens = self.admit(answers) if self.admit is not None else [None] * len(answers)
+        except BaseException as exc:
+            with self._cond:
+                for pending in finished:
+                    self._finish(pending, exc)
+            return
+        with self._cond:
+            if tokens is None:
+                for pending in reversed(finished):
+                    pending.done, pending.parts = 0, []
+                    self._queue.remove(pending)
+                    self._queue.appendleft(pending)
+                    self._queued += len(pending.request)
+                self._cond.notify()
+                return
+            for pending, answer, token in zip(finished, answers, tokens, strict=True):
+                if pending.on_admit is not None:
+                    pending.on_admit(token)
+                self._finish(pending, None, answer)
+
+    def _finish(
+        self, pending: _Pending, failure: BaseException | None, answer: Prediction | None = None
+    ) -> None:
         if pending in self._queue:
             self._queue.remove(pending)
             self._queued -= pending.left
@@ -146,7 +190,7 @@ class Batcher:
         if failure is not None:
             pending.future.set_exception(failure)
         else:
-            pending.future.set_result(_join(pending.parts))
+            pending.future.set_result(answer if answer is not None else _join(pending.parts))
 
 
 def _slice(request: PredictRequest, start: int, stop: int) -> PredictRequest:

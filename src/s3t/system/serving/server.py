@@ -96,9 +96,7 @@ class Server:
         chosen = self.ws.serving(budget)
         if self._bad:
             registry = self.ws.registry()
-            with registry.reading():
-                rows = registry.sequences()
-                untrained, unusable = registry.unservable()
+            rows, untrained, unusable = registry.serving_view()
             chosen = serving_choice(rows, budget, untrained, unusable | self._bad)
         if not chosen:
             raise ServiceUnavailableError(

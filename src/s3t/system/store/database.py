@@ -11,6 +11,7 @@ answers every read and refuses every write.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -26,6 +27,7 @@ from s3t.system.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, chain_ha
 
 DB_NAME = "registry.sqlite"
 _BUSY_MS = 30_000
+_WIDTHS: dict[str, int] = {}  # columns of each query read by rows_at_once
 
 
 class Database:
@@ -38,6 +40,7 @@ class Database:
         self.root = Path(root)
         self.path = self.root / name
         self.read_only = read_only
+        self.closed = False
         if not create and not self.path.exists():
             raise WorkspaceError(
                 f"no s3t workspace at {self.root} (missing {DB_NAME}); create one with `s3t train`"
@@ -72,8 +75,12 @@ class Database:
         last: Exception | None = None
         for target, read_only in attempts:
             try:
-                db = sqlite3.connect(
-                    target, timeout=_BUSY_MS / 1000, isolation_level=None, uri=read_only
+                db = sqlite3.connect(  # used by one thread; closed by the workspace's owner
+                    target,
+                    timeout=_BUSY_MS / 1000,
+                    isolation_level=None,
+                    uri=read_only,
+                    check_same_thread=False,
                 )
                 if not read_only:
                     db.execute("PRAGMA journal_mode=WAL")
@@ -94,15 +101,25 @@ class Database:
         """Close the connection. A reader that brought SQLite's side files (-wal, -shm) into
         being removes them again when no other connection holds the database, so read-only
         use (verify, status) leaves the folder as it found it."""
+        if self.closed:
+            return
+        self.closed = True
         self.db.close()
-        writable = os.access(self.root, os.W_OK) and os.access(self.path, os.W_OK)
-        if self.read_only and not self._found_side_files and writable:
+        if not self.read_only or self._found_side_files:
+            return
+        if os.access(self.root, os.W_OK) and os.access(self.path, os.W_OK):
             with suppress(sqlite3.Error):  # another connection holds it: its files stay
                 last = sqlite3.connect(self.path, timeout=0, isolation_level=None)
                 try:  # closing the last read-write connection removes the side files
                     last.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 finally:
                     last.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _has_schema(self) -> bool:
         row = self.db.execute(
@@ -169,13 +186,55 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Self]:
-        """Run a block of reads on one consistent snapshot (one read transaction)."""
+        """Run a block of reads on one consistent snapshot (one read transaction). Keep
+        such blocks to a few small queries: a snapshot held open delays the erasure
+        checkpoint, and every row fetched is a wait for the interpreter lock (see
+        :meth:`rows_at_once` and :meth:`copy` for large reads)."""
         self.db.execute("BEGIN")
         try:
             yield self
         finally:
             with suppress(sqlite3.Error):
                 self.db.execute("COMMIT")
+
+    def rows_at_once(self, *queries: str, args: Sequence[Any] = ()) -> list[list[list[Any]]]:
+        """The rows of some SELECTs of integer and text columns (in each one's order), all
+        read from one snapshot in one SQLite step; ``args`` bind the queries' ``?`` in
+        order of appearance.
+
+        SQLite aggregates each query's rows to JSON in C, so the read transaction lasts as
+        long as the queries themselves: fetching rows one by one would hold the snapshot
+        open across a wait for the interpreter lock per row, which under load (a busy
+        service) keeps the erasure checkpoint from ever finding a moment without an old
+        reader. Never for REAL columns: JSON rounds them (use :meth:`copy`)."""
+        parts = []
+        for sql in queries:
+            width = _WIDTHS.get(sql)
+            if width is None:
+                count = sql.count("?")
+                probe = self.db.execute(f"SELECT * FROM ({sql}) LIMIT 0", [None] * count)
+                width = _WIDTHS[sql] = len(probe.description)
+            names = ",".join(f"c{i}" for i in range(width))
+            parts.append(
+                f"(WITH q({names}) AS ({sql}) SELECT json_group_array(json_array({names})) FROM q)"
+            )
+        row = self.db.execute(f"SELECT {', '.join(parts)}", args).fetchone()
+        return [list(json.loads(text)) for text in row]
+
+    def copy(self) -> Self:
+        """A read-only copy of the whole database in memory, taken in one step (one
+        short read transaction in C), to answer large reads — verify, every sample, the
+        audit log — without holding the workspace's snapshot while Python walks the rows.
+        It holds no deleted content: secure_delete zeroes what deletions erased. Close it
+        (``with registry.copy() as copy:``) when done."""
+        data = bytearray(self.db.serialize())
+        data[18] = data[19] = 1  # the copy is no write-ahead-log database: read it directly
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        memory.deserialize(bytes(data))
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin.db, twin.read_only, twin._found_side_files = memory, True, True
+        return twin
 
     def _writable(self) -> None:
         if self.read_only:
@@ -271,7 +330,14 @@ class Database:
             "SELECT seq, at, event, detail, hash FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq",
             (since, 2**63 - 1 if until is None else until),
         )
-        return [AuditEvent(s, at, ev, json.loads(d), d, h) for s, at, ev, d, h in rows]
+        return [AuditEvent(s, at, ev, parsed(d), d, h) for s, at, ev, d, h in rows]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def parsed(text: str) -> Any:
+    """``json.loads(text)``, remembered: verify reads the same audit details and receipts
+    again and again. The value is shared between callers: read it, never change it."""
+    return json.loads(text)
 
 
 def _explain(exc: sqlite3.Error, root: Path) -> str:

@@ -46,6 +46,24 @@ class ArtifactRow:
 
 
 @dataclass(frozen=True)
+class StatusView:
+    """What status and health read of the registry: the sequences, which of their stages
+    must not top (``untrained``) or be in (``unusable``) a served model, (shard, slice) ->
+    (live, deleted) sample counts, and counts of requests, subjects, quarantined stages
+    and pending erasures."""
+
+    rows: list[SequenceRow]
+    untrained: set[str]
+    unusable: set[str]
+    slices: dict[tuple[int, int], tuple[int, int]]
+    deletion_requests: int
+    subjects: int
+    deleted_subjects: int
+    quarantined: list[str]
+    erasures_pending: list[str]
+
+
+@dataclass(frozen=True)
 class SampleRow:
     """Where a sample lives, whose it is, and whether (and by which request) it was deleted."""
 

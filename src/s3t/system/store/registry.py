@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import time
 
-from s3t.system.store.database import DB_NAME
+from s3t.system.store.database import DB_NAME, parsed
 from s3t.system.store.deletions import DeletionTables
-from s3t.system.store.records import Snapshot, TokenRow
+from s3t.system.store.records import Snapshot, StatusView, TokenRow
+from s3t.system.store.samples import POSITIONS_QUERY, SEQUENCES_QUERY, sequence_rows
+from s3t.system.store.stages import UNSERVABLE_QUERY
 
 __all__ = ["DB_NAME", "Registry"]
 
@@ -76,8 +78,39 @@ class Registry(DeletionTables):
         return TokenRow(row[0], row[1], tuple(json.loads(row[2])), row[3], row[4], row[5])
 
     # ----- snapshots ---------------------------------------------------------------------------
+    def status_view(self) -> StatusView:
+        """What status and health report, from one snapshot read in one step (see
+        :meth:`rows_at_once`)."""
+        rows, positions, bad, slices, totals, quarantined, pending = self.rows_at_once(
+            SEQUENCES_QUERY,
+            POSITIONS_QUERY,
+            UNSERVABLE_QUERY + ")",
+            "SELECT shard, slice, sum(deleted_at IS NULL), sum(deleted_at IS NOT NULL) "
+            "FROM samples GROUP BY shard, slice",
+            "SELECT (SELECT count(*) FROM deletions), sum(live > 0), sum(live = 0) FROM "
+            "(SELECT sum(deleted_at IS NULL) AS live FROM samples GROUP BY subject)",
+            "SELECT id FROM artifacts WHERE quarantined IS NOT NULL ORDER BY id",
+            "SELECT request_id FROM erasures ORDER BY request_id",
+        )
+        requests, subjects, gone = totals[0]
+        return StatusView(
+            rows=sequence_rows(rows, positions),
+            untrained={aid for aid, empty, _ in bad if empty},
+            unusable={aid for aid, _, unusable in bad if unusable},
+            slices={(k, s): (int(live), int(dead)) for k, s, live, dead in slices},
+            deletion_requests=int(requests),
+            subjects=int(subjects or 0),
+            deleted_subjects=int(gone or 0),
+            quarantined=[q for (q,) in quarantined],
+            erasures_pending=[p for (p,) in pending],
+        )
+
     def snapshot(self) -> Snapshot:
-        """Everything verify checks, read in one read transaction."""
+        """Everything verify checks, from one consistent copy (see :meth:`copy`)."""
+        with self.copy() as copy:
+            return copy._snapshot()
+
+    def _snapshot(self) -> Snapshot:
         with self.reading():
             sequences = self.sequences()
             artifacts = {a.id: a for a in self.artifacts()}
@@ -98,7 +131,7 @@ class Registry(DeletionTables):
             ]
             events = self.audit_log()
             deletions = {
-                r: dict(json.loads(text))
+                r: parsed(text)
                 for r, text in self.db.execute("SELECT request_id, receipt FROM deletions")
             }
             pending = self.pending_erasures()

@@ -145,26 +145,38 @@ class SampleTables(Database):
     # ----- sequences -------------------------------------------------------------------------
     def sequences(self, shard: int | None = None) -> list[SequenceRow]:
         """Return every sequence (of one shard) with its depth and stage artifacts."""
-        where, args = ("WHERE shard=?", (shard,)) if shard is not None else ("", ())
-        rows = self.db.execute(
-            f"SELECT shard, seq, perm, depth FROM sequences {where} ORDER BY shard, seq", args
-        ).fetchall()
-        positions: dict[tuple[int, int], dict[int, str]] = {}
-        for k, b, stage, artifact in self.db.execute(
-            f"SELECT shard, seq, stage, artifact FROM positions {where}", args
-        ).fetchall():
-            positions.setdefault((k, b), {})[stage] = artifact
-        out = []
-        for k, b, perm_text, depth in rows:
-            perm = tuple(json.loads(perm_text))
-            stages = positions.get((k, b), {})
-            chain = []
-            for stage in range(1, len(perm) + 1):
-                if stage not in stages:
-                    break
-                chain.append(stages[stage])
-            out.append(SequenceRow(k, b, perm, depth, tuple(chain)))
-        return out
+        where, args = where_shard(shard)
+        rows, positions = self.rows_at_once(
+            SEQUENCES_QUERY + where, POSITIONS_QUERY + where, args=args * 2
+        )
+        return sequence_rows(rows, positions)
+
+
+SEQUENCES_QUERY = "SELECT shard, seq, perm, depth FROM sequences"
+POSITIONS_QUERY = "SELECT shard, seq, stage, artifact FROM positions"
+
+
+def where_shard(shard: int | None) -> tuple[str, list[int]]:
+    return (" WHERE shard=?", [shard]) if shard is not None else ("", [])
+
+
+def sequence_rows(rows: list[list[Any]], positions: list[list[Any]]) -> list[SequenceRow]:
+    """Sequence records from (shard, seq, perm, depth) and (shard, seq, stage, artifact)
+    rows, by shard and sequence; a stage chain ends at its first missing stage."""
+    stages: dict[tuple[int, int], dict[int, str]] = {}
+    for k, b, stage, artifact in positions:
+        stages.setdefault((k, b), {})[stage] = artifact
+    out = []
+    for k, b, perm_text, depth in sorted(rows, key=lambda r: (r[0], r[1])):
+        perm = tuple(json.loads(perm_text))
+        mine = stages.get((k, b), {})
+        chain = []
+        for stage in range(1, len(perm) + 1):
+            if stage not in mine:
+                break
+            chain.append(mine[stage])
+        out.append(SequenceRow(k, b, perm, depth, tuple(chain)))
+    return out
 
 
 def _batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -8,6 +8,7 @@ and the service's access tokens (hashed).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -83,8 +84,10 @@ def statements(script: str) -> list[str]:
     return parts
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def chain_hash(prev: str, seq: int, at: float, event: str, detail_text: str) -> str:
-    """The hash of one audit event, committing to the previous event's hash."""
+    """The hash of one audit event, committing to the previous event's hash (a pure
+    function of its arguments, remembered for the events verify checks again and again)."""
     body = json.dumps([prev, seq, repr(float(at)), event, detail_text], ensure_ascii=False)
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
 

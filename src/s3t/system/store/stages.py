@@ -10,8 +10,14 @@ from typing import Any
 
 from s3t.core.schedule import samples_digest
 from s3t.errors import WorkspaceError
-from s3t.system.store.records import ArtifactRow, StageRecord, Truncation
-from s3t.system.store.samples import SampleTables
+from s3t.system.store.records import ArtifactRow, SequenceRow, StageRecord, Truncation
+from s3t.system.store.samples import (
+    POSITIONS_QUERY,
+    SEQUENCES_QUERY,
+    SampleTables,
+    sequence_rows,
+    where_shard,
+)
 
 
 class StageTables(SampleTables):
@@ -34,22 +40,25 @@ class StageTables(SampleTables):
 
     def artifact_ids(self) -> set[str]:
         """Every registered artifact id."""
-        return {r[0] for r in self.db.execute("SELECT id FROM artifacts")}
+        return {r[0] for r in self.rows_at_once("SELECT id FROM artifacts")[0]}
 
-    def unservable(self) -> tuple[set[str], set[str]]:
-        """(trained on no sample, purged or quarantined): artifacts that must never be the
-        top of a served model, and artifacts that must not be used at all."""
-        untrained: set[str] = set()
-        unusable: set[str] = set()
-        for aid, n_train, purged, quarantined in self.db.execute(
-            "SELECT id, n_train, purged, quarantined FROM artifacts "
-            "WHERE n_train = 0 OR purged IS NOT NULL OR quarantined IS NOT NULL"
-        ):
-            if purged is not None or quarantined is not None:
-                unusable.add(aid)
-            if n_train == 0:
-                untrained.add(aid)
-        return untrained, unusable
+    def serving_view(
+        self, shard: int | None = None
+    ) -> tuple[list[SequenceRow], set[str], set[str]]:
+        """Every sequence (of one shard) and, among the artifacts they hold, those trained
+        on no sample (never the top of a served model) and those purged or quarantined
+        (never used): what serving, status and deletions read, from one snapshot in one
+        step."""
+        where, args = where_shard(shard)
+        rows, positions, bad = self.rows_at_once(
+            SEQUENCES_QUERY + where,
+            POSITIONS_QUERY + where,
+            UNSERVABLE_QUERY + where + ")",
+            args=args * 3,
+        )
+        untrained = {aid for aid, empty, _ in bad if empty}
+        unusable = {aid for aid, _, gone in bad if gone}
+        return sequence_rows(rows, positions), untrained, unusable
 
     def find_artifact(
         self, shard: int, prefix: Sequence[int], samples_sha256: str, config_hash: str
@@ -80,7 +89,14 @@ class StageTables(SampleTables):
 
     def purged_ids(self) -> list[str]:
         """Every purged artifact (trained on a deleted sample: its file must be gone)."""
-        return [r[0] for r in self.db.execute("SELECT id FROM artifacts WHERE purged IS NOT NULL")]
+        return [
+            r[0] for r in self.rows_at_once("SELECT id FROM artifacts WHERE purged IS NOT NULL")[0]
+        ]
+
+    def purged_by(self, request_ids: Sequence[str]) -> list[str]:
+        """The artifacts these deletion requests purged."""
+        rows = self.each_in("SELECT id FROM artifacts WHERE purged_by IN ({ids})", request_ids)
+        return sorted(r[0] for r in rows)
 
     # ----- stage swaps -------------------------------------------------------------------------
     def swap_stage(self, stage: StageRecord, parent: Sequence[str]) -> str | None:
@@ -209,6 +225,11 @@ class StageTables(SampleTables):
         return True
 
 
+UNSERVABLE_QUERY = (
+    "SELECT id, n_train = 0, purged IS NOT NULL OR quarantined IS NOT NULL FROM artifacts "
+    "WHERE (n_train = 0 OR purged IS NOT NULL OR quarantined IS NOT NULL) "
+    "AND id IN (SELECT artifact FROM positions"
+)
 _ARTIFACT = (
     "id, shard, prefix, stage, samples_sha256, n_samples, n_train, config_hash, bytes, created, "
     "metrics, purged, purged_by, quarantined, quarantine_reason"

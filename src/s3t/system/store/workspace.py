@@ -48,6 +48,8 @@ class Workspace:
         self.read_only = registry.read_only
         self._local = threading.local()
         self._local.registry = registry
+        self._opened = [registry]  # every thread's connection, so close() reaches them all
+        self._opened_lock = threading.Lock()
         self.files = ArtifactFiles(self.root, DB_NAME)
         config = registry.get_meta("config")
         if config is None:
@@ -62,27 +64,32 @@ class Workspace:
         self.dataset_name: str = registry.get_meta("dataset") or ""
 
     def registry(self) -> Registry:
-        """Return this thread's registry connection."""
-        registry = getattr(self._local, "registry", None)
-        if registry is None:
+        """Return this thread's registry connection (opened on first use, and again after
+        :meth:`close`)."""
+        registry: Registry | None = getattr(self._local, "registry", None)
+        if registry is None or registry.closed:
             registry = Registry(self.root, read_only=self.read_only)
             self._local.registry = registry
+            with self._opened_lock:
+                self._opened.append(registry)
         return registry
 
     def close(self) -> None:
-        """Close this thread's registry connection (the last one closed checkpoints and
-        removes SQLite's side files). A later call opens a fresh one."""
-        registry = getattr(self._local, "registry", None)
-        if registry is not None:
-            self._local.registry = None
+        """Close every thread's registry connection (the last one closed checkpoints and
+        removes SQLite's side files); call it once the threads using the workspace are
+        done. A later use opens a fresh connection."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for registry in opened:
             registry.close()
 
     def examples(self, table: str = "sample_data") -> Examples:
         """Return the stored training samples still present (or the test split)."""
         ids, records = [], []
-        for sid, record in self.registry().payloads(table):
-            ids.append(sid)
-            records.append(record)
+        with self.registry().copy() as copy:
+            for sid, record in copy.payloads(table):
+                ids.append(sid)
+                records.append(record)
         if not records:
             raise WorkspaceError(
                 "this workspace stores no test split: create it with --test-fraction, or pass "
@@ -97,17 +104,13 @@ class Workspace:
     def serving(self, budget: int | None = None) -> dict[int, Served]:
         """Each live shard's served model now (see :func:`s3t.core.selection.serving_choice`)."""
         registry = self.registry()
-        with registry.reading():
-            rows = registry.sequences()
-            untrained, unusable = registry.unservable()
+        rows, untrained, unusable = registry.serving_view()
         return serving_choice(rows, budget, untrained, unusable)
 
     def served_depths(self) -> dict[int, int]:
         """Each shard's served depth now (0 = dead)."""
         registry = self.registry()
-        with registry.reading():
-            rows = registry.sequences()
-            untrained, unusable = registry.unservable()
+        rows, untrained, unusable = registry.serving_view()
         return served_depths(rows, untrained, unusable)
 
     # ----- artifacts ------------------------------------------------------------------------
@@ -162,7 +165,7 @@ class Workspace:
         if not pending or self.read_only:
             return sorted(pending)
         blocked = False
-        for artifact in registry.purged_ids():
+        for artifact in registry.purged_by(list(pending)):
             try:
                 self.files.remove(artifact)
             except WorkspaceError as exc:  # a crafted id: never used as a path

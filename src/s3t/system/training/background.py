@@ -76,10 +76,24 @@ class BackgroundRetrainer:
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="s3t-retrain", daemon=True)
         self._trainer: Trainer | None = None
+        self._trainer_lock = threading.Lock()
 
     def start(self) -> None:
         """Start the worker thread."""
         self._thread.start()
+
+    def prepare(self) -> None:
+        """Load the retraining model instance now, so that the first retraining after a
+        failure starts at once (otherwise it is loaded when first needed)."""
+        self._get_trainer().local.worker  # noqa: B018 - loads the model
+
+    def _get_trainer(self) -> Trainer:
+        with self._trainer_lock:
+            if self._trainer is None:
+                from s3t.system.training.trainer import Trainer
+
+                self._trainer = Trainer(self.ws, self.on_event, compute=self.compute)
+            return self._trainer
 
     def due(self) -> list[int]:
         """The shards the policy says to retrain now."""
@@ -115,15 +129,12 @@ class BackgroundRetrainer:
             try:
                 due = self.policy.shards_due(self.ws)
                 if due:
-                    if self._trainer is None:
-                        from s3t.system.training.trainer import Trainer
-
-                        self._trainer = Trainer(self.ws, self.on_event, compute=self.compute)
+                    trainer = self._get_trainer()
                     progress = 0
                     for shard in due:
                         if self._stop.is_set():
                             break
-                        done = self._trainer.complete([shard], stop=self._stop)
+                        done = trainer.complete([shard], stop=self._stop)
                         self.outcomes += done
                         progress += len(done)
                     self.error = None
