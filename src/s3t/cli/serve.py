@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -30,19 +30,25 @@ def _service_help(name: str) -> str:
     return help_of(ServiceSettings, name)
 
 
-def retrain_policy(text: str) -> RetrainPolicy | None:
+def retrain_policy(text: str, order: str = "service-first") -> RetrainPolicy | None:
     """Parse ``--retrain``: ``off`` (no background retraining), ``dead`` (retrain a shard
-    once it lost every model) or ``depth:N`` (also once its served depth falls below N)."""
-    from s3t.system.training.background import RetrainPolicy
+    once it lost every model) or ``depth:N`` (also once its served depth falls below N);
+    ``order`` is ``--retrain-order``."""
+    from s3t.system.training.background import RETRAIN_ORDERS, RetrainPolicy
 
+    if order not in RETRAIN_ORDERS:
+        raise typer.BadParameter(
+            f"--retrain-order takes {' or '.join(RETRAIN_ORDERS)}, got {order!r}"
+        )
+    chosen: dict[str, Any] = {"order": order}
     value = text.strip().lower()
     if value == "off":
         return None
     if value == "dead":
-        return RetrainPolicy(when_dead=True)
+        return RetrainPolicy(when_dead=True, **chosen)
     kind, _, number = value.partition(":")
     if kind == "depth" and number.isdigit() and int(number) >= 1:
-        return RetrainPolicy(min_depth=int(number), when_dead=True)
+        return RetrainPolicy(min_depth=int(number), when_dead=True, **chosen)
     raise typer.BadParameter(f"--retrain takes {RETRAIN_FORMS}, got {text!r}")
 
 
@@ -92,6 +98,12 @@ def serve(
         help="Background retraining: off; dead (retrain a shard once it lost every model); "
         "depth:N (also once its served depth falls below N).",
     ),
+    retrain_order: str = typer.Option(
+        "service-first",
+        "--retrain-order",
+        help="service-first: one stage at a time, a stage 1 for every dead shard before any "
+        "shard is deepened; shard-by-shard: each shard to full depth in turn (s3t 0.2).",
+    ),
     insecure: bool = typer.Option(
         False, "--insecure", help="Allow serving a non-loopback address without tokens."
     ),
@@ -112,7 +124,7 @@ def serve(
     verify, receipts, retrain, tokens, and /metrics. SIGTERM finishes in-flight requests."""
     from s3t.extras import require
 
-    policy = retrain_policy(retrain)
+    policy = retrain_policy(retrain, retrain_order)
     uvicorn = require("uvicorn", "serve", "`s3t serve`")
     require("fastapi", "serve", "`s3t serve`")
     require("prometheus_client", "serve", "`s3t serve`")

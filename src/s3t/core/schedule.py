@@ -10,7 +10,7 @@ runs exactly the computation a from-scratch training on those samples would.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from s3t.core.sequences import Perm
@@ -76,6 +76,58 @@ def order_stages(shard: int, sequences: Sequence[Perm], depths: Sequence[int]) -
             if current[b] == key.stage - 1 and tuple(seq[: key.stage]) == key.prefix:
                 current[b] = key.stage
     return order
+
+
+@dataclass(frozen=True)
+class ShardNeed:
+    """What :func:`restore_order` reads of a shard: its served depth (0 = dead), its
+    sequences with their valid depths, and the live samples of each of its slices."""
+
+    shard: int
+    served_depth: int
+    sequences: Sequence[Perm]
+    depths: Sequence[int]
+    live: Mapping[int, int]
+
+
+def restore_order(needs: Sequence[ShardNeed]) -> list[StageKey]:
+    """Every stage these shards still need, in the order that gets service back soonest
+    and keeps it up:
+
+    1. one stage 1 for each dead shard, on the smallest live slice that starts one of its
+       sequences — the quickest to train and the least likely to lose a sample to a
+       deletion while it trains (the dead shard with the smallest such slice first);
+    2. the other missing stages 1 of every shard, smallest slice first: a shard dies only
+       once every slice that starts a valid sequence of it was hit, so each one is worth
+       more to availability than any deeper stage;
+    3. then the deeper stages, the shallowest served shard first, each shard in
+       :func:`order_stages` order (its deepest sequence completed first).
+    """
+    restoring: list[tuple[int, int, StageKey]] = []  # (slice size, shard, stage 1)
+    widening: list[tuple[int, int, StageKey]] = []
+    deepening: list[tuple[int, int, list[StageKey]]] = []  # (served depth, shard, stages)
+    for need in needs:
+        firsts = sorted(
+            {
+                (need.live.get(seq[0], 0), seq[0])
+                for seq, depth in zip(need.sequences, need.depths, strict=True)
+                if depth == 0 and need.live.get(seq[0], 0) > 0
+            }
+        )
+        for i, (size, first) in enumerate(firsts):
+            bucket = restoring if i == 0 and need.served_depth == 0 else widening
+            bucket.append((size, need.shard, StageKey(need.shard, (first,))))
+        covered = {first for _, first in firsts}
+        depths = [  # once those are trained, every sequence they start has depth 1
+            max(d, 1) if seq[0] in covered else d
+            for seq, d in zip(need.sequences, need.depths, strict=True)
+        ]
+        keys = order_stages(need.shard, need.sequences, depths)
+        deepening.append((max(need.served_depth, 1), need.shard, keys))
+    ordered = [key for _, _, key in sorted(restoring)] + [key for _, _, key in sorted(widening)]
+    for _, _, keys in sorted(deepening, key=lambda r: (r[0], r[1])):
+        ordered += keys
+    return ordered
 
 
 def stage_seed(seed: int, key: StageKey) -> int:

@@ -301,11 +301,17 @@ if __name__ == "__main__":
     template, texts = (
         (out / "template", json.loads((out / "texts.json").read_text()))
         if (out / "template").exists()
-        else build_workspace(out)
+        else build_workspace(out, int(os.environ.get("SAMPLES", "600")))
     )
     (out / "texts.json").write_text(json.dumps(texts))
     for rate in [float(r) for r in sys.argv[2].split(",")]:
         result = run_pressure(
-            template, out / f"run-{rate}", texts, rate, float(sys.argv[3]), sys.argv[4]
+            template,
+            out / f"run-{rate}",
+            texts,
+            rate,
+            float(sys.argv[3]),
+            sys.argv[4],
+            sys.argv[5:],
         )
         print(json.dumps(result, indent=1), flush=True)

@@ -114,8 +114,10 @@ class S3T:
 
     @property
     def model_loaded(self) -> bool:
-        """Whether the model is in memory (serving loads it on first use)."""
-        return self._server is not None and self._server.loaded
+        """Whether the model is in memory (serving loads it on first use), and the
+        background retrainer's too when one runs."""
+        served = self._server is not None and self._server.loaded
+        return served and (self.background is None or self.background.prepared)
 
     def load_model(self) -> None:
         """Load the model into memory now (serving otherwise loads it on first use), and
@@ -355,18 +357,22 @@ class S3T:
         receipt = forget(self._ws, ids, subjects)
         if receipt.deleted:
             # this process's trainers let go of the cached features of those samples (their
-            # spill files go with the erasure; this closes the mappings)
+            # spill files go with the erasure; this closes the mappings), and the
+            # background retrainer gives up a stage this deletion makes moot
             groups = self._ws.registry().deleted_groups([receipt.request_id])
-            for holder in (self._trainer, self.background):
-                if holder is not None:
-                    holder.drop_cached(groups)
+            if self._trainer is not None:
+                self._trainer.drop_cached(groups)
+            if self.background is not None:
+                died = any(
+                    receipt.served_depth_before.get(k, 0) > 0 and d == 0
+                    for k, d in receipt.served_depth_after.items()
+                )
+                self.background.note_deletion(receipt.at, groups, died)
         if receipt.erasure == "pending":
             self.start_maintenance().wake()
             if wait_erasure is not False:
                 bound = ERASE_WAIT_SECONDS if wait_erasure is True else float(wait_erasure)
                 receipt = self.finish_erasure(receipt.request_id, bound)
-        if self.background is not None and receipt.truncated:
-            self.background.wake()
         return receipt
 
     def forget_subject(self, subjects: Sequence[str | int]) -> Receipt:

@@ -97,22 +97,28 @@ class SampleTables(Database):
 
     def live_ids(self, shard: int, slices: Iterable[int]) -> list[str]:
         """Return the sorted ids of not-deleted samples in some slices of a shard."""
-        wanted = list(slices)
+        wanted = sorted(set(slices))
         marks = ",".join("?" * len(wanted))
-        rows = self.db.execute(
-            f"SELECT id FROM samples WHERE shard=? AND slice IN ({marks}) AND deleted_at IS NULL "
-            "ORDER BY id",
-            (shard, *wanted),
+        (rows,) = self.rows_at_once(
+            f"SELECT id FROM samples WHERE shard=? AND slice IN ({marks}) AND deleted_at IS NULL",
+            args=[shard, *wanted],
         )
-        return [r[0] for r in rows]
+        return sorted(r[0] for r in rows)
 
     def live_homes(self, shard: int | None = None) -> dict[str, tuple[int, int]]:
         """(shard, slice) of every live sample (of one shard)."""
-        where, args = ("AND shard=?", (shard,)) if shard is not None else ("", ())
-        rows = self.db.execute(
-            f"SELECT id, shard, slice FROM samples WHERE deleted_at IS NULL {where}", args
+        where, args = (" AND shard=?", [shard]) if shard is not None else ("", [])
+        (rows,) = self.rows_at_once(
+            "SELECT id, shard, slice FROM samples WHERE deleted_at IS NULL" + where, args=args
         )
         return {sid: (k, s) for sid, k, s in rows}
+
+    def has_live(self, shard: int) -> bool:
+        """Whether any sample of this shard is not deleted."""
+        row = self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM samples WHERE shard=? AND deleted_at IS NULL)", (shard,)
+        ).fetchone()
+        return bool(row[0])
 
     def deleted_count(self) -> int:
         """How many samples have been deleted (changes with every deletion)."""

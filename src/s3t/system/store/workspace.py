@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,11 @@ class Workspace:
         for registry in opened:
             registry.close()
 
-    def examples(self, table: str = "sample_data") -> Examples:
-        """Return the stored training samples still present (or the test split)."""
+    def examples(self, table: str = "sample_data", source: Registry | None = None) -> Examples:
+        """Return the stored training samples still present (or the test split), from a
+        copy of the registry taken now, or from ``source`` (a copy the caller holds)."""
         ids, records = [], []
-        with self.registry().copy() as copy:
+        with self.registry().copy() if source is None else nullcontext(source) as copy:
             for sid, record in copy.payloads(table):
                 ids.append(sid)
                 records.append(record)

@@ -19,7 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from s3t.core.schedule import StageKey, order_stages, samples_digest
+from s3t.core.schedule import (
+    ShardNeed,
+    StageKey,
+    order_stages,
+    restore_order,
+    samples_digest,
+)
+from s3t.core.selection import serving_choice
 from s3t.engine.cache import SpillGuard
 from s3t.engine.loading import Backbone
 from s3t.engine.settings import Compute
@@ -87,9 +94,19 @@ class StageOutcome:
         }
 
 
+class SupersededStageError(Exception):
+    """A stage given up while it trained (see :attr:`LocalExecutor.superseded`)."""
+
+    def __init__(self, key: StageKey, reason: str) -> None:
+        super().__init__(f"{key.label()}: {reason}")
+        self.key, self.reason = key, reason
+
+
 class LocalExecutor:
     """Trains in this process with one model instance, a stage at a time (``stop`` ends
-    it after the current stage)."""
+    it after the current stage). ``superseded``, when set, is asked at every step of a
+    stage whether to give it up (a deletion just took a sample it trains on, or a more
+    urgent stage is due): a reason ends it with :class:`SupersededStageError`."""
 
     def __init__(
         self,
@@ -103,6 +120,7 @@ class LocalExecutor:
         self._compute = compute
         self._spill_guard = spill_guard
         self._worker: StageWorker | None = None
+        self.superseded: Callable[[StageKey], str | None] | None = None
 
     @property
     def worker(self) -> StageWorker:
@@ -137,9 +155,13 @@ class LocalExecutor:
             on_event(StageEvent("start", job.key, detail={"samples": len(job.samples)}))
 
         def progress(key: StageKey) -> Any:
-            return lambda step, total, loss, sps: on_event(
-                StageEvent("step", key, step, total, loss, sps)
-            )
+            def step(done: int, total: int, loss: float, sps: float) -> None:
+                on_event(StageEvent("step", key, done, total, loss, sps))
+                reason = self.superseded(key) if self.superseded is not None else None
+                if reason is not None:
+                    raise SupersededStageError(key, reason)
+
+            return step
 
         for shard in work:
             for trained in self.worker.run(shard, on_start=start, on_step=progress):
@@ -204,7 +226,8 @@ class Trainer:
                 return outcomes
             outcomes += self._reuse(registry, targets)
             try:
-                work = self._plan(registry, targets)
+                with registry.copy() as snapshot:
+                    work = self._plan(snapshot, targets)
             except ArtifactError as exc:  # a parent was corrupted (now quarantined): replan
                 log.warning("%s", exc)
                 continue
@@ -230,13 +253,70 @@ class Trainer:
             f"{max_rounds} rounds"
         )
 
-    def _plan(self, registry: Registry, targets: Sequence[int]) -> list[ShardWork]:
-        """Each target shard's missing stages with their samples as of now."""
+    def restore_next(
+        self,
+        shards: Sequence[int],
+        superseded: Callable[[StageKey, bool], str | None] | None = None,
+    ) -> list[StageOutcome]:
+        """Train the one stage of these shards that does most for service now (see
+        :func:`~s3t.core.schedule.restore_order`: a stage 1 for a dead shard first, then
+        the shallowest shard deeper), after swapping in any existing artifact that fits.
+        ``superseded(stage, restoring)`` is asked at every training step whether to give
+        the stage up (``restoring``: it brings a dead shard back). Returns what happened
+        (an empty list: nothing left to do)."""
+        registry = self.ws.registry()
+        outcomes = self._reuse(registry, shards)
+        view = registry.status_view()
+        served = serving_choice(view.rows, None, view.untrained, view.unusable)
+        slices = self.config.layout.slices
+        needs = [
+            ShardNeed(
+                shard=k,
+                served_depth=served[k].depth if k in served else 0,
+                sequences=[r.perm for r in view.rows if r.shard == k],
+                depths=[r.depth for r in view.rows if r.shard == k],
+                live={s: view.slices.get((k, s), (0, 0))[0] for s in range(slices)},
+            )
+            for k in shards
+        ]
+        order = restore_order([n for n in needs if sum(n.live.values())])
+        if not order:
+            return outcomes
+        try:
+            with registry.copy() as snapshot:
+                work = self._plan(snapshot, [order[0].shard], only=order[0])  # one stage
+        except ArtifactError as exc:  # a parent was corrupted (now quarantined): replan
+            log.warning("%s", exc)
+            return outcomes
+        if not work:
+            return outcomes
+        chosen = order[0]
+        restoring = needs[list(shards).index(chosen.shard)].served_depth == 0
+        if superseded is not None:
+            self.local.superseded = lambda key: superseded(key, restoring)
+        try:
+            for trained in self.local.run(self.config, work, self.on_event):
+                outcomes.append(self.commit(registry, trained))
+        except SupersededStageError as given_up:
+            self.on_event(StageEvent("discarded", given_up.key, detail={"reason": given_up.reason}))
+            outcomes.append(StageOutcome(given_up.key, None, "discarded", 0.0, 0, {}))
+        finally:
+            self.local.superseded = None
+        return outcomes
+
+    def _plan(
+        self, registry: Registry, targets: Sequence[int], only: StageKey | None = None
+    ) -> list[ShardWork]:
+        """Each target shard's missing stages (or just stage ``only``) with their samples
+        as of now, read from one snapshot (``registry`` is a copy: the samples a stage is
+        planned on and their stored content must agree)."""
         work: list[ShardWork] = []
         examples = None
         for shard in targets:
             rows = registry.sequences(shard)
             keys = order_stages(shard, [r.perm for r in rows], [r.depth for r in rows])
+            if only is not None:
+                keys = [only] if only.shard == shard else []
             if not keys:
                 continue
             homes = registry.live_homes(shard)
@@ -254,7 +334,7 @@ class Trainer:
                 for key in keys
             ]
             if examples is None:
-                examples = self.ws.examples()
+                examples = self.ws.examples(source=registry)
             work.append(
                 ShardWork(shard, jobs, parents, examples.subset(sorted(homes)), dict(homes))
             )

@@ -1,0 +1,281 @@
+"""Availability under a deletion stream with retraining: what deletion rate a given
+retraining speed can sustain.
+
+:mod:`s3t.core.simulate` asks how many deletions a system serves before it fails when
+nothing is retrained. A running service retrains in the background, so the question
+becomes one of rates: deletions arrive at ``rate`` per second (a Poisson stream, each
+taking a uniformly drawn live sample), one retrainer trains a stage in ``overhead +
+seconds_per_sample × samples`` seconds, and the service is up while some shard serves a
+model. This is an event-driven simulation of exactly that, with the retrainer choosing
+stages as s3t's background retrainer does (:func:`~s3t.core.schedule.restore_order` for
+``service-first``, each shard to full depth in turn for ``shard-by-shard``):
+
+- a stage is trained on the samples its slices hold when it starts; a deletion in one of
+  those slices before it is swapped in makes it moot (``service-first`` gives it up at
+  once, ``shard-by-shard`` finds out when it is done), as does a deletion that cuts the
+  prefix it extends;
+- ``service-first`` also gives up a deepening stage the moment a shard dies.
+
+:func:`sustainable_rate` finds the highest rate at which the service is up a given share
+of the time (99% by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3t.core.schedule import ShardNeed, StageKey, order_stages, restore_order
+from s3t.core.sequences import Perm, cyclic
+from s3t.errors import ConfigError
+
+ORDERS = ("service-first", "shard-by-shard")
+
+
+@dataclass(frozen=True)
+class RetrainSpeed:
+    """How long one stage takes to retrain: ``overhead`` seconds (planning, loading,
+    writing and swapping it in) plus ``seconds_per_sample`` per sample of its slices
+    (all its epochs included)."""
+
+    overhead: float
+    seconds_per_sample: float
+
+    def __post_init__(self) -> None:
+        if self.overhead < 0 or self.seconds_per_sample < 0:
+            raise ConfigError(
+                f"retraining times must be >= 0, got overhead {self.overhead!r} and "
+                f"{self.seconds_per_sample!r} seconds per sample"
+            )
+        if self.overhead == 0 and self.seconds_per_sample == 0:
+            raise ConfigError("a stage cannot retrain in no time: give an overhead or a speed")
+
+    def stage_seconds(self, samples: int) -> float:
+        """Seconds to retrain a stage on ``samples`` samples."""
+        return self.overhead + self.seconds_per_sample * samples
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Outcome of :func:`simulate_availability`: the share of time some shard served (the
+    service answered) with its 95% confidence half-width over trials, the mean number of
+    live shards and served depth per shard, and the mean length of an outage."""
+
+    rate: float
+    order: str
+    up: float
+    up_ci95: float
+    live_shards: float
+    served_depth: float
+    outage_seconds: float
+    outages_per_hour: float
+    trials: int
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """Return a JSON-ready dict."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def simulate_availability(
+    sizes: Sequence[Sequence[int]],
+    rate: float,
+    speed: RetrainSpeed,
+    budget: int | None = None,
+    sequences: Sequence[Sequence[Perm]] | None = None,
+    order: str = "service-first",
+    seconds: float = 600.0,
+    trials: int = 20,
+    seed: int = 0,
+) -> Availability:
+    """Simulate ``trials`` runs of ``seconds`` each from the state ``sizes`` (live samples
+    of each shard's slices, every sequence at full depth): deletions at ``rate`` per
+    second, one retrainer at ``speed`` in ``order``. ``sequences`` per shard default to
+    ``cyclic(L, budget)``. A run ends early if every sample is deleted."""
+    if order not in ORDERS:
+        raise ConfigError(f"order must be one of {list(ORDERS)}, got {order!r}")
+    if rate <= 0:
+        raise ConfigError(f"the deletion rate must be > 0 per second, got {rate!r}")
+    if seconds <= 0 or trials < 1:
+        raise ConfigError(f"need seconds > 0 and trials >= 1, got {seconds!r}, {trials!r}")
+    slices = len(sizes[0]) if sizes else 0
+    if not sizes or any(len(row) != slices for row in sizes):
+        raise ConfigError("sizes must give every shard the same number of slices")
+    if sequences is None:
+        sequences = [cyclic(slices, budget or slices)] * len(sizes)
+    rng = np.random.default_rng(seed)
+    runs = [
+        _run(
+            [list(row) for row in sizes],
+            [list(seqs) for seqs in sequences],
+            rate,
+            speed,
+            order,
+            seconds,
+            rng,
+        )
+        for _ in range(trials)
+    ]
+    up = np.array([r[0] for r in runs])
+    outages = [o for r in runs for o in r[3]]
+    total_seconds = sum(r[4] for r in runs)
+    return Availability(
+        rate=rate,
+        order=order,
+        up=float(up.mean()),
+        up_ci95=float(1.96 * up.std(ddof=1) / np.sqrt(trials)) if trials > 1 else float("nan"),
+        live_shards=float(np.mean([r[1] for r in runs])),
+        served_depth=float(np.mean([r[2] for r in runs])),
+        outage_seconds=float(np.mean(outages)) if outages else 0.0,
+        outages_per_hour=3600.0 * len(outages) / total_seconds if total_seconds else 0.0,
+        trials=trials,
+    )
+
+
+def sustainable_rate(
+    sizes: Sequence[Sequence[int]],
+    speed: RetrainSpeed,
+    budget: int | None = None,
+    target: float = 0.99,
+    order: str = "service-first",
+    seconds: float = 300.0,
+    trials: int = 8,
+    seed: int = 0,
+) -> float:
+    """The highest deletion rate (per second, to two significant digits) at which the
+    simulated service is up at least ``target`` of the time, retraining at ``speed``."""
+    if not 0 < target < 1:
+        raise ConfigError(f"target must be in (0, 1), got {target!r}")
+
+    def holds(rate: float) -> bool:
+        result = simulate_availability(
+            sizes, rate, speed, budget, None, order, seconds, trials, seed
+        )
+        return result.up >= target
+
+    low, high = 0.0, 1.0 / speed.stage_seconds(max(1, min(min(r) for r in sizes)))
+    while holds(high):
+        low, high = high, high * 2
+        if high > 1e6:
+            return float("inf")
+    while high - low > 0.01 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if holds(middle) else (low, middle)
+    return float(f"{low:.2g}")
+
+
+def _run(
+    sizes: list[list[int]],
+    sequences: list[list[Perm]],
+    rate: float,
+    speed: RetrainSpeed,
+    order: str,
+    horizon: float,
+    rng: np.random.Generator,
+) -> tuple[float, float, float, list[float], float]:
+    """One run: (share of time up, mean live shards, mean served depth, outage lengths,
+    seconds simulated)."""
+    shards, slices = len(sizes), len(sizes[0])
+    depths = [[slices] * len(seqs) for seqs in sequences]
+    live = np.array(sizes, dtype=np.int64)
+    now, up_time, live_time, depth_time = 0.0, 0.0, 0.0, 0.0
+    down_since: float | None = None
+    outages: list[float] = []
+    next_deletion = rng.exponential(1.0 / rate)
+    stage: StageKey | None = None  # in training
+    stage_done, stage_moot, stage_restoring = 0.0, False, False
+    current_shard: int | None = None  # shard-by-shard: the shard being brought back
+
+    def served(k: int) -> int:
+        return max((d for d in depths[k]), default=0)
+
+    def pick() -> tuple[StageKey | None, bool]:
+        nonlocal current_shard
+        needs = [
+            ShardNeed(
+                k,
+                served(k),
+                sequences[k],
+                depths[k],
+                {s: int(live[k, s]) for s in range(slices)},
+            )
+            for k in range(shards)
+            if live[k].sum() > 0
+        ]
+        if order == "service-first":
+            ranked = restore_order(needs)
+            if not ranked:
+                return None, False
+            return ranked[0], served(ranked[0].shard) == 0
+        if current_shard is None or not order_stages(
+            current_shard, sequences[current_shard], depths[current_shard]
+        ):
+            waiting = [n.shard for n in needs if order_stages(n.shard, n.sequences, n.depths)]
+            current_shard = waiting[0] if waiting else None
+        if current_shard is None:
+            return None, False
+        keys = order_stages(current_shard, sequences[current_shard], depths[current_shard])
+        return keys[0], False
+
+    while now < horizon:
+        if stage is None:
+            stage, stage_restoring = pick()
+            if stage is not None:
+                samples = int(sum(live[stage.shard, s] for s in stage.prefix))
+                stage_done, stage_moot = now + speed.stage_seconds(samples), False
+        until = min(next_deletion, stage_done if stage is not None else np.inf, horizon)
+        span = until - now
+        alive = sum(served(k) > 0 for k in range(shards))
+        if alive:
+            up_time += span
+        live_time += span * alive
+        depth_time += span * sum(served(k) for k in range(shards))
+        now = until
+        if alive and down_since is not None:
+            outages.append(now - span - down_since)
+            down_since = None
+        if now >= horizon:
+            break
+        if stage is not None and now == stage_done:
+            if not stage_moot:
+                depth = len(stage.prefix)
+                k = stage.shard
+                for b, seq in enumerate(sequences[k]):
+                    if tuple(seq[:depth]) == stage.prefix and depths[k][b] == depth - 1:
+                        depths[k][b] = depth
+            stage = None
+            continue
+        # a deletion
+        total = int(live.sum())
+        if total == 0:
+            break
+        cell = int(rng.choice(live.size, p=(live / total).ravel()))
+        k, s = divmod(cell, slices)
+        live[k, s] -= 1
+        was_alive = [served(j) > 0 for j in range(shards)]
+        for b, seq in enumerate(sequences[k]):
+            j = seq.index(s) + 1
+            if j <= depths[k][b]:
+                depths[k][b] = j - 1
+        if stage is not None and stage.shard == k:
+            parent_cut = not any(
+                tuple(seq[: len(stage.prefix)]) == stage.prefix
+                and depths[k][b] >= len(stage.prefix) - 1
+                for b, seq in enumerate(sequences[k])
+            )
+            stage_moot = stage_moot or s in stage.prefix or parent_cut
+        died = any(w and served(j) == 0 for j, w in enumerate(was_alive))
+        if (
+            order == "service-first"
+            and stage is not None
+            and (stage_moot or (died and not stage_restoring))
+        ):
+            stage = None  # given up at once: pick again now
+        if not any(served(j) > 0 for j in range(shards)) and down_since is None:
+            down_since = now
+        next_deletion = now + rng.exponential(1.0 / rate)
+    if down_since is not None:
+        outages.append(now - down_since)
+    elapsed = max(now, 1e-12)
+    return up_time / elapsed, live_time / elapsed, depth_time / elapsed / shards, outages, now
