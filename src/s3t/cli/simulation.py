@@ -27,12 +27,41 @@ def simulate(
         "lognormal:MEAN subject sizes; compares subject-aware and subject-oblivious "
         "partitioning.",
     ),
-    samples: int = typer.Option(10_000, help="Samples, with --subjects."),
+    samples: int = typer.Option(10_000, help="Samples, with --subjects or --rate."),
+    rate: str | None = typer.Option(
+        None,
+        help="Deletions per second, e.g. 1,5,10: simulate a running service that retrains in "
+        "the background (--stage-overhead, --seconds-per-sample) and report the share of "
+        "time it is up, for both retraining orders, and the rate it sustains.",
+    ),
+    stage_overhead: float = typer.Option(
+        0.5, help="With --rate: seconds a stage takes besides its samples (status measures it)."
+    ),
+    seconds_per_sample: float = typer.Option(
+        0.004, help="With --rate: training seconds per sample of a stage, epochs included."
+    ),
+    seconds: float = typer.Option(300.0, help="With --rate: simulated seconds per trial."),
 ) -> None:
-    """Simulate deletion streams: deletions served before service failure (δ) per budget."""
+    """Simulate deletion streams: deletions served before service failure (δ) per budget,
+    or, with --rate, the availability of a service that retrains while deletions arrive."""
     from s3t.core.simulate import budget_sweep
 
     budgets = parse_ints(budget, "--budget")
+    if rate is not None:
+        _availability(
+            shards,
+            slices,
+            budgets,
+            samples,
+            parse_floats(rate, "--rate") or [],
+            stage_overhead,
+            seconds_per_sample,
+            seconds,
+            max(1, min(trials, 50)),
+            seed,
+            as_json,
+        )
+        return
     if subjects is not None:
         _subjects(shards, slices, budgets, method, subjects, samples, trials, seed, as_json)
         return
@@ -116,6 +145,79 @@ def sequences(
     ]
     table(f"{method} sequences, L={slices}, B={budget}", columns, rows)
     typer.echo(f"diversity (mean pairwise positional Hamming distance): {div:.3f}")
+
+
+def _availability(
+    shards: int,
+    slices: int,
+    budgets: list[int],
+    samples: int,
+    rates: list[float],
+    overhead: float,
+    per_sample: float,
+    seconds: float,
+    trials: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    from s3t.core.availability import (
+        ORDERS,
+        RetrainSpeed,
+        capacity,
+        simulate_availability,
+        sustainable_rate,
+    )
+
+    speed = RetrainSpeed(overhead, per_sample)
+    base, extra = divmod(samples, shards * slices)
+    sizes = [
+        [base + (1 if k * slices + s < extra else 0) for s in range(slices)] for k in range(shards)
+    ]
+    rows, limits = [], []
+    for b in budgets:
+        cap = capacity(sizes, speed, b)
+        for order in ORDERS:
+            limits.append(
+                {
+                    "budget": b,
+                    "order": order,
+                    "sustained_99": sustainable_rate(
+                        sizes, speed, b, 0.99, order, seconds, 4, seed
+                    ),
+                    "first_stages": cap.first_stages,
+                    "full_depth": cap.full_depth,
+                }
+            )
+            for r in rates:
+                run = simulate_availability(sizes, r, speed, b, None, order, seconds, trials, seed)
+                rows.append({"budget": b} | run.to_dict())
+    if as_json:
+        print_json({"availability": rows, "sustainable": limits})
+        return
+    table(
+        f"A service retraining in the background (m={shards}, L={slices}, {samples} samples; "
+        f"a stage takes {overhead:g} s + {1000 * per_sample:g} ms per sample; "
+        f"{trials} trials of {seconds:g} s)",
+        ["B", "deletions/s", "order", "up", "live shards", "served depth", "mean outage"],
+        [
+            (
+                r["budget"],
+                r["rate"],
+                r["order"],
+                f"{100 * r['up']:.1f}% ± {100 * r['up_ci95']:.1f}",
+                f"{r['live_shards']:.2f}",
+                f"{r['served_depth']:.2f}",
+                f"{r['outage_seconds']:.2f} s",
+            )
+            for r in rows
+        ],
+    )
+    for row in limits:
+        typer.echo(
+            f"B={row['budget']} {row['order']}: up 99% of the time up to {row['sustained_99']:g} "
+            f"deletions/s (simulated); retraining keeps up with {row['first_stages']:g}/s for the "
+            f"first stages and {row['full_depth']:g}/s for full depth (closed form)"
+        )
 
 
 def _subjects(

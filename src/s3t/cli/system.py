@@ -243,13 +243,30 @@ def status(
         f"{state.sequences_below_full_depth} · expected further deletions before failure "
         f"(no retraining) {state.estimated_deletions_left:.1f}"
     )
+    if state.sustainable_deletion_rate is not None:
+        speed = state.retrain_speed
+        console.print(
+            f"retraining: {speed['stage_overhead_seconds']:.2f} s per stage + "
+            f"{1000 * speed['seconds_per_sample']:.2f} ms per sample (last "
+            f"{speed['stages_measured']:.0f} stages) · keeps up with "
+            f"{state.sustainable_deletion_rate:g} deletions/s for the first stages (service), "
+            f"{state.full_depth_deletion_rate:g}/s for full depth · availability at a rate: "
+            f"`s3t simulate -m {len(state.shards)} -L {state.slices} -B {state.budget} "
+            f"--rate 1,5 --stage-overhead {speed['stage_overhead_seconds']:g} "
+            f"--seconds-per-sample {speed['seconds_per_sample']:g} "
+            f"--samples {sum(s.live_samples for s in state.shards)}`",
+            highlight=False,
+        )
     if state.quarantined:
         console.print(
             f"[yellow]{len(state.quarantined)} corrupted stage(s) quarantined[/]: their "
             "sequences serve a shorter prefix until `s3t retrain` rebuilds them"
         )
     if state.erasures_pending:
-        console.print(f"erasures pending: {state.erasures_pending} (finished by the next open)")
+        console.print(
+            f"erasures pending: {state.erasures_pending} (finished within seconds by a running "
+            "service or this workspace's next open)"
+        )
 
 
 def verify(

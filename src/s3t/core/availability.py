@@ -17,7 +17,10 @@ stages as s3t's background retrainer does (:func:`~s3t.core.schedule.restore_ord
 - ``service-first`` also gives up a deepening stage the moment a shard dies.
 
 :func:`sustainable_rate` finds the highest rate at which the service is up a given share
-of the time (99% by default).
+of the time (99% by default). :func:`capacity` gives two closed-form rates that need no
+simulation: up to the first, retraining rebuilds the stages 1 that deletions destroy
+faster than they are destroyed, on average (the service then almost never fails); up to
+the second, it also rebuilds everything else, so every sequence stays near full depth.
 """
 
 from __future__ import annotations
@@ -55,6 +58,24 @@ class RetrainSpeed:
     def stage_seconds(self, samples: int) -> float:
         """Seconds to retrain a stage on ``samples`` samples."""
         return self.overhead + self.seconds_per_sample * samples
+
+    @classmethod
+    def measured(
+        cls, samples: Sequence[int], training: Sequence[float], wall: Sequence[float | None]
+    ) -> RetrainSpeed | None:
+        """The speed of stages trained on ``samples`` samples in ``training`` seconds of
+        training loop and ``wall`` seconds from planning to swap (``None`` where not
+        recorded): the median training seconds per sample, and the median of what the
+        rest of a stage took. ``None`` without a stage trained on samples."""
+        rows = [(n, t, w) for n, t, w in zip(samples, training, wall, strict=True) if n > 0]
+        if not rows:
+            return None
+        per_sample = float(np.median([t / n for n, t, _ in rows]))
+        rest = [w - t for _, t, w in rows if w is not None]
+        overhead = max(0.0, float(np.median(rest))) if rest else 0.0
+        if overhead == 0 and per_sample == 0:
+            return None
+        return cls(round(overhead, 4), round(per_sample, 6))
 
 
 @dataclass(frozen=True)
@@ -131,6 +152,77 @@ def simulate_availability(
         outages_per_hour=3600.0 * len(outages) / total_seconds if total_seconds else 0.0,
         trials=trials,
     )
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a retraining speed keeps up with, in deletions per second (see
+    :func:`capacity`)."""
+
+    first_stages: float
+    full_depth: float
+
+    def to_dict(self) -> dict[str, float]:
+        """Return a JSON-ready dict."""
+        return {"first_stages": self.first_stages, "full_depth": self.full_depth}
+
+
+def capacity(
+    sizes: Sequence[Sequence[int]],
+    speed: RetrainSpeed,
+    budget: int | None = None,
+    sequences: Sequence[Sequence[Perm]] | None = None,
+) -> Capacity:
+    """Closed-form deletion rates a retrainer at ``speed`` keeps up with, for uniform
+    deletions over the live samples ``sizes`` (per shard, per slice):
+
+    - ``first_stages``: the highest rate λ at which rebuilding the stage 1 a deletion
+      destroys (the one starting on the slice it hit, when one does) takes the retrainer
+      no more than all of its time, λ·E[rebuild] ≤ 1. A rebuild of a stage on a slice of
+      n samples takes T = overhead + seconds_per_sample·n and starts over whenever a
+      deletion hits that slice meanwhile (rate λ·n/N), so it takes (e^{λnT/N} − 1)/(λn/N)
+      on average;
+    - ``full_depth``: the highest rate at which the retrainer also rebuilds every deeper
+      stage a deletion cuts off (each sequence from the position of the slice it hit),
+      ignoring restarts and the work successive deletions share — an optimistic bound.
+    """
+    slices = len(sizes[0]) if sizes else 0
+    if sequences is None:
+        sequences = [cyclic(slices, budget or slices)] * len(sizes)
+    total = sum(sum(row) for row in sizes)
+    if total == 0:
+        return Capacity(float("inf"), float("inf"))
+    cells = [
+        (row[s], {seq[0] for seq in seqs}, s, k, seqs)
+        for k, (row, seqs) in enumerate(zip(sizes, sequences, strict=True))
+        for s in range(slices)
+        if row[s] > 0
+    ]
+
+    def busy(rate: float) -> float:  # retraining seconds per second for stages 1
+        work = 0.0
+        for n, firsts, s, _, _ in cells:
+            if s in firsts:
+                hit = rate * n / total
+                duration = speed.stage_seconds(n)
+                work += hit * float(np.expm1(hit * duration)) / hit
+        return work
+
+    low, high = 0.0, 1.0
+    while busy(high) < 1.0 and high < 1e9:
+        low, high = high, high * 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if busy(middle) < 1.0 else (low, middle)
+    per_deletion = 0.0  # seconds of retraining a deletion causes, on average
+    for n, _, s, k, seqs in cells:
+        rebuilt: set[tuple[int, ...]] = set()
+        for seq in seqs:
+            position = list(seq).index(s)
+            rebuilt |= {tuple(seq[: i + 1]) for i in range(position, slices)}
+        seconds = sum(speed.stage_seconds(sum(sizes[k][x] for x in p)) for p in rebuilt)
+        per_deletion += n / total * seconds
+    return Capacity(float(f"{low:.3g}"), float(f"{1 / per_deletion:.3g}"))
 
 
 def sustainable_rate(

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
 
+from s3t.core.availability import RetrainSpeed, capacity
 from s3t.core.selection import Served, serving_choice
 from s3t.core.simulate import expected_requests_to_cover
 from s3t.system.store.workspace import Workspace
@@ -67,6 +68,12 @@ class Status(_Json):
     background: dict[str, Any] = field(default_factory=dict)
     subjects: int = 0
     deleted_subjects: int = 0
+    #: measured retraining speed: stage_overhead_seconds, seconds_per_sample, stages_measured
+    retrain_speed: dict[str, float] = field(default_factory=dict)
+    #: deletions per second that retraining keeps up with: rebuilding the stages 1 that
+    #: deletions destroy (the service then almost never fails), and everything (full depth)
+    sustainable_deletion_rate: float | None = None
+    full_depth_deletion_rate: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Status:
@@ -185,6 +192,23 @@ def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
         )
     probs = [counts.get(c, (0, 0))[0] / total_live for c in sorted(cells)] if total_live else []
     live_shards = sum(1 for s in shards if s.served_depth > 0)
+    speed = RetrainSpeed.measured(
+        [n for n, _ in view.recent_stages],
+        [float(m.get("seconds", 0.0)) for _, m in view.recent_stages],
+        [m.get("wall_seconds") for _, m in view.recent_stages],
+    )
+    capacity_now = (
+        capacity(
+            [
+                [live for live, _ in (counts.get((k, s), (0, 0)) for s in range(layout.slices))]
+                for k in range(layout.shards)
+            ],
+            speed,
+            sequences=[[tuple(p) for p in s.sequences] for s in shards],
+        )
+        if speed is not None
+        else None
+    )
     return Status(
         slices=layout.slices,
         budget=layout.budget,
@@ -201,6 +225,15 @@ def compute_status(workspace: Workspace, background: dict[str, Any]) -> Status:
         background=background,
         subjects=view.subjects,
         deleted_subjects=view.deleted_subjects,
+        retrain_speed={}
+        if speed is None
+        else {
+            "stage_overhead_seconds": speed.overhead,
+            "seconds_per_sample": speed.seconds_per_sample,
+            "stages_measured": len(view.recent_stages),
+        },
+        sustainable_deletion_rate=capacity_now.first_stages if capacity_now else None,
+        full_depth_deletion_rate=capacity_now.full_depth if capacity_now else None,
     )
 
 

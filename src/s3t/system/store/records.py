@@ -49,8 +49,8 @@ class ArtifactRow:
 class StatusView:
     """What status and health read of the registry: the sequences, which of their stages
     must not top (``untrained``) or be in (``unusable``) a served model, (shard, slice) ->
-    (live, deleted) sample counts, and counts of requests, subjects, quarantined stages
-    and pending erasures."""
+    (live, deleted) sample counts, counts of requests, subjects, quarantined stages and
+    pending erasures, and the run metrics of the latest stages."""
 
     rows: list[SequenceRow]
     untrained: set[str]
@@ -61,6 +61,7 @@ class StatusView:
     deleted_subjects: int
     quarantined: list[str]
     erasures_pending: list[str]
+    recent_stages: list[tuple[int, dict[str, Any]]]  # (samples, run metrics), newest first
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,10 @@ from s3t.system.store.records import Snapshot, StatusView, TokenRow
 from s3t.system.store.samples import POSITIONS_QUERY, SEQUENCES_QUERY, sequence_rows
 from s3t.system.store.stages import UNSERVABLE_QUERY
 
-__all__ = ["DB_NAME", "Registry"]
+__all__ = ["DB_NAME", "RECENT_STAGES", "Registry"]
+
+#: stages whose run metrics status reads to estimate the retraining speed
+RECENT_STAGES = 50
 
 
 class Registry(DeletionTables):
@@ -81,7 +84,7 @@ class Registry(DeletionTables):
     def status_view(self) -> StatusView:
         """What status and health report, from one snapshot read in one step (see
         :meth:`rows_at_once`)."""
-        rows, positions, bad, slices, totals, quarantined, pending = self.rows_at_once(
+        rows, positions, bad, slices, totals, quarantined, pending, recent = self.rows_at_once(
             SEQUENCES_QUERY,
             POSITIONS_QUERY,
             UNSERVABLE_QUERY + ")",
@@ -91,6 +94,7 @@ class Registry(DeletionTables):
             "(SELECT sum(deleted_at IS NULL) AS live FROM samples GROUP BY subject)",
             "SELECT id FROM artifacts WHERE quarantined IS NOT NULL ORDER BY id",
             "SELECT request_id FROM erasures ORDER BY request_id",
+            f"SELECT n_samples, metrics FROM artifacts ORDER BY created DESC LIMIT {RECENT_STAGES}",
         )
         requests, subjects, gone = totals[0]
         return StatusView(
@@ -103,6 +107,7 @@ class Registry(DeletionTables):
             deleted_subjects=int(gone or 0),
             quarantined=[q for (q,) in quarantined],
             erasures_pending=[p for (p,) in pending],
+            recent_stages=[(int(n), parsed(m)) for n, m in recent],
         )
 
     def snapshot(self) -> Snapshot:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -225,6 +226,7 @@ class Trainer:
             if stop is not None and stop.is_set():
                 return outcomes
             outcomes += self._reuse(registry, targets)
+            began = time.perf_counter()
             try:
                 with registry.copy() as snapshot:
                     work = self._plan(snapshot, targets)
@@ -240,7 +242,11 @@ class Trainer:
             stream = runner.run(self.config, work, self.on_event, stop)
             try:
                 for trained in stream:
-                    outcome = self.commit(registry, trained)
+                    # wall time per stage (planning, training, writing, swapping): only
+                    # meaningful when stages train one after another here
+                    wall = time.perf_counter() - began if executor is None else None
+                    outcome = self.commit(registry, trained, wall)
+                    began = time.perf_counter()
                     outcomes.append(outcome)
                     if outcome.status == "discarded" and executor is None:
                         break  # its children would be discarded too: plan again now
@@ -266,6 +272,7 @@ class Trainer:
         (an empty list: nothing left to do)."""
         registry = self.ws.registry()
         outcomes = self._reuse(registry, shards)
+        began = time.perf_counter()
         view = registry.status_view()
         served = serving_choice(view.rows, None, view.untrained, view.unusable)
         slices = self.config.layout.slices
@@ -296,7 +303,7 @@ class Trainer:
             self.local.superseded = lambda key: superseded(key, restoring)
         try:
             for trained in self.local.run(self.config, work, self.on_event):
-                outcomes.append(self.commit(registry, trained))
+                outcomes.append(self.commit(registry, trained, time.perf_counter() - began))
         except SupersededStageError as given_up:
             self.on_event(StageEvent("discarded", given_up.key, detail={"reason": given_up.reason}))
             outcomes.append(StageOutcome(given_up.key, None, "discarded", 0.0, 0, {}))
@@ -379,10 +386,15 @@ class Trainer:
                     break
         return outcomes
 
-    def commit(self, registry: Registry, stage: TrainedStage) -> StageOutcome:
+    def commit(
+        self, registry: Registry, stage: TrainedStage, wall: float | None = None
+    ) -> StageOutcome:
         """Store a trained stage and swap it in, unless the race rule discards it; report
-        what happened."""
+        what happened. ``wall``: seconds from planning the stage to now, kept with its run
+        metrics (status estimates the retraining speed from them)."""
         key = stage.key
+        if wall is not None:
+            stage = replace(stage, metrics={**stage.metrics, "wall_seconds": round(wall, 3)})
         new_file = self.ws.files.write(stage.artifact, stage.blob)
         if self.before_swap is not None:
             self.before_swap(key)
