@@ -112,6 +112,15 @@ class WorkspaceError(S3TError, RuntimeError):
     """A workspace that is missing, locked or corrupted."""
 
 
+class RegistryDamagedError(WorkspaceError):
+    """The workspace's registry file is damaged (a page SQLite cannot read); the message
+    names the file and what to do, ``problems`` what SQLite's page check found."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
 class SchemaVersionError(WorkspaceError):
     """A workspace written with another registry schema version."""
 

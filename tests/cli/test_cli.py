@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -263,6 +264,8 @@ def main_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int
         (["forget", "\udcff-bad"], "unpaired surrogate"),
         (["forget", "--file", "{latin1}"], "is not UTF-8 text"),
         (["export", "--shard", "0", "--out", "{a_file}"], "is a file"),
+        (["export", "--shard", "0", "--out", "{a_file}/sub/dir"], "which is a file"),
+        (["export", "--shard", "0", "--out", "/proc/s3t-export"], "cannot write the export"),
         (["receipt", "no-such-request"], "no deletion request"),
         (["reference", "--shard", "7"], "shard must be in 0..1"),
         (["predict", "good", "--device", "tpu"], "device must be one of"),
@@ -357,3 +360,33 @@ def test_training_options_for_large_models_run_on_a_cpu(tmp_path: Path, tiny_ber
             cuda.returncode == 2
             and "no CUDA GPU is available here; use --device cpu" in cuda.stderr
         )
+
+
+def _damage(ws: Path) -> None:
+    """Overwrite the header of every page of the registry but the first (the schema stays
+    readable; no table's pages are)."""
+    path = ws / "registry.sqlite"
+    pages = path.stat().st_size // 4096
+    with path.open("r+b") as fh:
+        for page in range(1, pages):
+            fh.seek(page * 4096)
+            fh.write(b"\xff" * 16)
+
+
+def test_a_damaged_registry_is_one_line_naming_the_file_and_verify_reports_it(
+    trained_ws: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(trained_ws, ws)
+    _damage(ws)
+    for command in (["status"], ["predict", "good film"], ["samples"], ["forget", "u1"]):
+        code, _, err = main_in_process(capsys, *command, "-w", str(ws))
+        assert code == 2 and "Traceback" not in err, (command, err)
+        assert len(err.strip().splitlines()) == 1
+        assert str(ws / "registry.sqlite") in err and "is damaged" in err
+        assert "restore the workspace from a backup" in err and "s3t verify" in err
+    code, out, err = main_in_process(capsys, "verify", "-w", str(ws), "--json")
+    report = json.loads(out)
+    assert code == 1 and not report["ok"] and "Traceback" not in err
+    assert {v["check"] for v in report["violations"]} == {"registry"}
+    assert any("restore the workspace from a backup" in v["detail"] for v in report["violations"])

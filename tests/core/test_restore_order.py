@@ -9,7 +9,9 @@ from s3t.core.sequences import cyclic
 SEQS = cyclic(3, 3)  # (0,1,2) (2,0,1) (1,2,0): every slice starts one sequence
 
 
-def _need(shard: int, depths: list[int], live: dict[int, int], served: int | None = None) -> ShardNeed:
+def _need(
+    shard: int, depths: list[int], live: dict[int, int], served: int | None = None
+) -> ShardNeed:
     return ShardNeed(shard, max(depths) if served is None else served, SEQS, depths, live)
 
 
@@ -25,7 +27,9 @@ def test_a_dead_shard_gets_one_stage_1_first_on_its_smallest_slice() -> None:
 
 
 def test_the_other_first_stages_come_before_any_deeper_stage() -> None:
-    order = restore_order([_need(0, [0, 0, 0], {0: 5, 1: 7, 2: 6}), _need(1, [1, 0, 0], {0: 5, 1: 5, 2: 5})])
+    order = restore_order(
+        [_need(0, [0, 0, 0], {0: 5, 1: 7, 2: 6}), _need(1, [1, 0, 0], {0: 5, 1: 5, 2: 5})]
+    )
     firsts = [k for k in order if k.stage == 1]
     assert order[: len(firsts)] == firsts  # breadth: each first slice covered before depth
     assert firsts[0] == StageKey(0, (0,)) and len(firsts) == 5
@@ -33,7 +37,9 @@ def test_the_other_first_stages_come_before_any_deeper_stage() -> None:
 
 
 def test_deeper_stages_go_to_the_shallowest_shard_first_and_parents_precede_children() -> None:
-    order = restore_order([_need(0, [3, 3, 2], {0: 9, 1: 9, 2: 9}), _need(1, [1, 1, 1], {0: 9, 1: 9, 2: 9})])
+    order = restore_order(
+        [_need(0, [3, 3, 2], {0: 9, 1: 9, 2: 9}), _need(1, [1, 1, 1], {0: 9, 1: 9, 2: 9})]
+    )
     assert order[0].shard == 1
     position = {k: i for i, k in enumerate(order)}
     for key in order:

@@ -195,3 +195,21 @@ def test_a_full_queue_is_refused_with_retry_after(system: S3T) -> None:
         out = client.post("/v1/predict", json={"inputs": ["a", "b", "c"]})
         assert out.status_code == 503 and out.headers["retry-after"] == "1"
         assert out.json()["error"] == "QueueFullError"
+
+
+def test_a_damaged_registry_is_a_json_error_naming_the_file(
+    client: TestClient, system: S3T, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3t.system.store.database import damaged
+
+    path = system.path / "registry.sqlite"
+
+    def broken(self: S3T) -> None:
+        raise damaged(path, "database disk image is malformed")
+
+    monkeypatch.setattr(S3T, "status", broken)
+    answer = client.get("/v1/status")
+    assert answer.status_code == 500 and answer.json()["error"] == "RegistryDamagedError"
+    detail = answer.json()["detail"]
+    assert str(path) in detail and "restore the workspace from a backup" in detail
+    assert "Traceback" not in answer.text

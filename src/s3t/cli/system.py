@@ -286,11 +286,20 @@ def verify(
     anything; exit 1 on any violation."""
     if recompute and url is not None:
         raise InvalidRequestError("--recompute retrains models: run it on the workspace folder")
-    system = _system(workspace, url, token, read_only=not recompute, device=device)
-    if receipt is not None:
-        report = system.verify_receipt(_read_json(receipt))
+    from s3t.errors import RegistryDamagedError
+
+    try:
+        system = _system(workspace, url, token, read_only=not recompute, device=device)
+    except RegistryDamagedError as exc:  # too damaged to open: report the damage
+        from s3t.system.api import S3T
+
+        assert workspace is not None
+        report = S3T.verify_damaged(workspace, exc)
     else:
-        report = system.verify(recompute=recompute)
+        if receipt is not None:
+            report = system.verify_receipt(_read_json(receipt))
+        else:
+            report = system.verify(recompute=recompute)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -300,7 +309,8 @@ def verify(
             console.print(f"[red]VIOLATION[/] {v.check}: {escape(v.detail)}", highlight=False)
         for note in report.pending:
             console.print(f"[yellow]pending[/] {escape(note)}", highlight=False)
-        console.print(f"audit chain head #{report.chain_seq}: {report.chain_head}")
+        if report.chain_seq:
+            console.print(f"audit chain head #{report.chain_seq}: {report.chain_head}")
         console.print(
             "[green]verified: no violations[/]"
             if report.ok

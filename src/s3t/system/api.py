@@ -11,6 +11,7 @@ class and nothing under it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 from s3t.core.selection import Served
 from s3t.data.examples import Dataset, Examples
 from s3t.engine.settings import Compute
-from s3t.errors import InvalidRequestError, UnknownRequestError
+from s3t.errors import InvalidRequestError, RegistryDamagedError, UnknownRequestError
 from s3t.system.access import (
     TokenCache,
     TokenInfo,
@@ -50,9 +51,10 @@ from s3t.system.reports import (
     stage_infos,
 )
 from s3t.system.serving.requests import Prediction, PredictRequest
+from s3t.system.store.database import DB_NAME
 from s3t.system.store.workspace import Workspace
 from s3t.system.training.background import BackgroundRetrainer, RetrainPolicy
-from s3t.system.verify import VerifyReport, verify, verify_receipt
+from s3t.system.verify import VerifyReport, damaged_registry_report, verify, verify_receipt
 
 if TYPE_CHECKING:  # the model stack (torch) loads only when a model is needed
     from s3t.system.serving.batcher import Batcher
@@ -456,6 +458,12 @@ class S3T:
                         )
         return report
 
+    @staticmethod
+    def verify_damaged(workspace: str | Path, error: RegistryDamagedError) -> VerifyReport:
+        """The auditor's report on a workspace whose registry is too damaged to open (the
+        ``error`` opening it raised): what SQLite's page check of the file finds."""
+        return damaged_registry_report(error, Path(workspace) / DB_NAME)
+
     def verify_receipt(self, receipt: Receipt | dict[str, Any]) -> VerifyReport:
         """Prove one deletion is still in force and the log up to it was not rewritten."""
         if isinstance(receipt, dict):
@@ -514,10 +522,15 @@ class S3T:
     def export(self, shard: int, out_dir: str | Path) -> ExportInfo:
         """Write the model ``shard`` serves now as a standard PEFT adapter folder."""
         out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise InvalidRequestError(f"--out {out} is a file; give a folder to export into")
+        _check_export_folder(out)
         self._check_shard(shard)
-        served, path = self._serving.export(shard, out)
+        try:
+            served, path = self._serving.export(shard, out)
+        except OSError as exc:
+            raise InvalidRequestError(
+                f"cannot write the export to {out}: {exc.strerror or exc} (the folder may hold a "
+                "partial export); choose another --out, or free space"
+            ) from None
         return ExportInfo(path, served.shard, served.seq, served.depth, list(served.artifacts))
 
     # ----- checks ------------------------------------------------------------------------------
@@ -540,3 +553,22 @@ class S3T:
         ):
             raise InvalidRequestError(f"{name} must be an integer in 0..{_MAX_INT}, got {value!r}")
         return int(value)
+
+
+def _check_export_folder(out: Path) -> None:
+    """Refuse an export folder that cannot be created or written, before any work: one
+    that is a file, lies under a file, or sits where this process may not write."""
+    if out.exists() and not out.is_dir():
+        raise InvalidRequestError(f"--out {out} is a file; give a folder to export into")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidRequestError(
+            f"--out {out} lies under {existing}, which is a file; give a folder to export into"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidRequestError(
+            f"--out {out}: {existing} cannot be written by this process; choose a folder "
+            "you can write"
+        )

@@ -29,12 +29,14 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from s3t.core.schedule import samples_digest, truncated_depth
 from s3t.engine.artifacts import read_manifest
-from s3t.errors import ArtifactError, WorkspaceError
+from s3t.errors import ArtifactError, RegistryDamagedError, WorkspaceError
 from s3t.system.forget import Receipt
+from s3t.system.store.database import page_problems
 from s3t.system.store.records import GENESIS, AuditEvent, Snapshot
 from s3t.system.store.schema import chain_hash
 from s3t.system.store.workspace import Workspace
@@ -93,8 +95,10 @@ class VerifyReport:
 
 def verify(workspace: Workspace) -> VerifyReport:
     """Check every invariant; see the module docstring."""
-    snap = workspace.registry().snapshot()
     report = VerifyReport()
+    snap = _snapshot(workspace, report)
+    if snap is None:
+        return report
     _check_chain(snap.events, report)
     forgotten = forgotten_samples(snap.events)
     _check_forgotten(snap, forgotten, report)
@@ -110,8 +114,10 @@ def verify(workspace: Workspace) -> VerifyReport:
 def verify_receipt(workspace: Workspace, receipt: Receipt) -> VerifyReport:
     """Prove that one deletion is still in force and that the log up to it was not
     rewritten since its receipt was issued."""
-    snap = workspace.registry().snapshot()
     report = VerifyReport()
+    snap = _snapshot(workspace, report)
+    if snap is None:
+        return report
     events = {e.seq: e for e in snap.events}
     event = events.get(receipt.chain_seq)
     if event is None:
@@ -170,6 +176,34 @@ def forgotten_subjects(events: list[AuditEvent]) -> dict[str, str]:
             for subject in e.detail.get("subjects", []):
                 out[subject] = e.detail.get("request_id", "")
     return out
+
+
+def damaged_registry_report(error: RegistryDamagedError, path: Path) -> VerifyReport:
+    """The report for a registry too damaged to open: the damage SQLite's page check finds,
+    and that nothing else could be checked."""
+    report = VerifyReport()
+    _flag_damage(report, path, page_problems(path) or error.problems)
+    return report
+
+
+def _flag_damage(report: VerifyReport, path: Path, problems: list[str]) -> None:
+    report.flag(
+        "registry",
+        f"{path} is damaged: restore the workspace from a backup (nothing else can be "
+        "checked until then)",
+    )
+    for problem in problems:
+        report.flag("registry", f"SQLite: {problem}")
+
+
+def _snapshot(workspace: Workspace, report: VerifyReport) -> Snapshot | None:
+    """The registry's snapshot, or ``None`` with the damage flagged when SQLite cannot
+    read every page of it (nothing else can be checked then)."""
+    try:
+        return workspace.registry().snapshot()
+    except RegistryDamagedError as exc:
+        _flag_damage(report, workspace.registry().path, exc.problems)
+        return None
 
 
 # ----- the checks ----------------------------------------------------------------------------

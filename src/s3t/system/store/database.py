@@ -16,15 +16,16 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from s3t.errors import SchemaVersionError, WorkspaceError
+from s3t.errors import RegistryDamagedError, SchemaVersionError, WorkspaceError
 from s3t.system.store.records import GENESIS, AuditEvent
 from s3t.system.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, chain_hash, statements
 
+T = TypeVar("T")
 DB_NAME = "registry.sqlite"
 _BUSY_MS = 30_000
 _WIDTHS: dict[str, int] = {}  # columns of each query read by rows_at_once
@@ -81,7 +82,9 @@ class Database:
                     isolation_level=None,
                     uri=read_only,
                     check_same_thread=False,
+                    factory=_Connection,
                 )
+                db.registry_path = self.path
                 if not read_only:
                     db.execute("PRAGMA journal_mode=WAL")
                     db.execute("PRAGMA synchronous=FULL")
@@ -90,8 +93,8 @@ class Database:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.DatabaseError as exc:
                 last = exc
-                if "not a database" in str(exc) or "malformed" in str(exc):
-                    break
+                if _damaged(exc):
+                    raise damaged(self.path, exc) from None
                 continue
             self.read_only = read_only
             return db
@@ -221,15 +224,27 @@ class Database:
         row = self.db.execute(f"SELECT {', '.join(parts)}", args).fetchone()
         return [list(json.loads(text)) for text in row]
 
+    def damage(self) -> list[str]:
+        """What SQLite's page check finds wrong with this database (empty: nothing)."""
+        try:
+            rows = self.db.execute("PRAGMA quick_check(20)").fetchall()
+        except RegistryDamagedError as exc:
+            return exc.problems
+        problems = [str(r[0]) for r in rows]
+        return [] if problems == ["ok"] else problems
+
     def copy(self) -> Self:
         """A read-only copy of the whole database in memory, taken in one step (one
         short read transaction in C), to answer large reads — verify, every sample, the
         audit log — without holding the workspace's snapshot while Python walks the rows.
         It holds no deleted content: secure_delete zeroes what deletions erased. Close it
         (``with registry.copy() as copy:``) when done."""
-        data = bytearray(self.db.serialize())
+        data = bytearray(_checked(self.path, self.db.serialize))
         data[18] = data[19] = 1  # the copy is no write-ahead-log database: read it directly
-        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        memory = sqlite3.connect(
+            ":memory:", isolation_level=None, check_same_thread=False, factory=_Connection
+        )
+        memory.registry_path = self.path
         memory.deserialize(bytes(data))
         twin = object.__new__(type(self))
         twin.__dict__.update(self.__dict__)
@@ -338,6 +353,87 @@ def parsed(text: str) -> Any:
     """``json.loads(text)``, remembered: verify reads the same audit details and receipts
     again and again. The value is shared between callers: read it, never change it."""
     return json.loads(text)
+
+
+def page_problems(path: Path) -> list[str]:
+    """What SQLite's page check finds wrong with the database file at ``path``, read-only
+    and without reading any table of it (so it works on a registry too damaged to open)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        return [str(exc)]
+    try:
+        problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(20)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    finally:
+        db.close()
+    return [] if problems == ["ok"] else problems
+
+
+def _damaged(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text or "disk I/O error" in text
+    )
+
+
+def damaged(
+    path: Path, exc: BaseException | str, problems: list[str] | None = None
+) -> RegistryDamagedError:
+    """The error for a registry SQLite cannot read: which file, and what to do."""
+    return RegistryDamagedError(
+        f"the workspace registry {path} is damaged ({exc}): restore the workspace from a "
+        f"backup (`S3T.backup`, or a copy made while it was closed); `s3t verify -w "
+        f"{path.parent}` lists the damage",
+        problems or [str(exc)],
+    )
+
+
+def _checked(path: Path, call: Callable[..., T], *args: Any) -> T:
+    try:
+        return call(*args)
+    except sqlite3.DatabaseError as exc:
+        if _damaged(exc):
+            raise damaged(path, exc) from None
+        raise
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose SQLite errors for a damaged file become :class:`RegistryDamagedError`
+    (naming the file), wherever the read fails: executing, stepping or fetching."""
+
+    connection: _Connection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        return _checked(self.connection.registry_path, super().execute, sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> _Cursor:
+        return _checked(self.connection.registry_path, super().executemany, sql, parameters)
+
+    def fetchone(self) -> Any:
+        return _checked(self.connection.registry_path, super().fetchone)
+
+    def fetchall(self) -> list[Any]:
+        return _checked(self.connection.registry_path, super().fetchall)
+
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        return _checked(self.connection.registry_path, super().fetchmany, size)
+
+    def __next__(self) -> Any:
+        return _checked(self.connection.registry_path, super().__next__)
+
+
+class _Connection(sqlite3.Connection):
+    """A registry connection (see :class:`_Cursor`)."""
+
+    registry_path = Path(DB_NAME)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        return self.cursor(_Cursor).execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> _Cursor:
+        return self.cursor(_Cursor).executemany(sql, parameters)
 
 
 def _explain(exc: sqlite3.Error, root: Path) -> str:

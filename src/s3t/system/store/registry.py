@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 
-from s3t.system.store.database import DB_NAME, parsed
+from s3t.system.store.database import DB_NAME, damaged, parsed
 from s3t.system.store.deletions import DeletionTables
 from s3t.system.store.records import Snapshot, StatusView, TokenRow
 from s3t.system.store.samples import POSITIONS_QUERY, SEQUENCES_QUERY, sequence_rows
@@ -113,6 +113,9 @@ class Registry(DeletionTables):
     def snapshot(self) -> Snapshot:
         """Everything verify checks, from one consistent copy (see :meth:`copy`)."""
         with self.copy() as copy:
+            problems = copy.damage()
+            if problems:
+                raise damaged(self.path, problems[0], problems)
             return copy._snapshot()
 
     def _snapshot(self) -> Snapshot:
