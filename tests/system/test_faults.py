@@ -141,7 +141,8 @@ READ_ONLY = textwrap.dedent(
 def test_a_read_only_workspace_serves_status_verify_and_predict(
     trained: Path, tmp_path: Path
 ) -> None:
-    victim = S3T.open(trained).samples(0)[0].id
+    with S3T.open(trained) as system:  # closed: its side files go before the folder is walked
+        victim = system.samples(0)[0].id
     command = [sys.executable, "-c", READ_ONLY, str(trained), victim]
     if os.geteuid() == 0:  # root ignores file modes: mount the folder read-only instead
         if shutil.which("unshare") is None:

@@ -374,7 +374,7 @@ def page_problems(path: Path) -> list[str]:
 def _damaged(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, sqlite3.DatabaseError) and (
-        "malformed" in text or "not a database" in text or "disk I/O error" in text
+        "malformed" in text or "not a database" in text
     )
 
 
