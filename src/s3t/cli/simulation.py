@@ -41,6 +41,11 @@ def simulate(
         0.004, help="With --rate: training seconds per sample of a stage, epochs included."
     ),
     seconds: float = typer.Option(300.0, help="With --rate: simulated seconds per trial."),
+    min_depth: int | None = typer.Option(
+        None,
+        help="With --rate: retrain a shard once its served depth falls below this (as "
+        "`s3t serve --retrain depth:N`); default L.",
+    ),
 ) -> None:
     """Simulate deletion streams: deletions served before service failure (δ) per budget,
     or, with --rate, the availability of a service that retrains while deletions arrive."""
@@ -60,6 +65,7 @@ def simulate(
             max(1, min(trials, 50)),
             seed,
             as_json,
+            min_depth,
         )
         return
     if subjects is not None:
@@ -159,6 +165,7 @@ def _availability(
     trials: int,
     seed: int,
     as_json: bool,
+    min_depth: int | None,
 ) -> None:
     from s3t.core.availability import (
         ORDERS,

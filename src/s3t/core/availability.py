@@ -65,14 +65,15 @@ class RetrainSpeed:
     ) -> RetrainSpeed | None:
         """The speed of stages trained on ``samples`` samples in ``training`` seconds of
         training loop and ``wall`` seconds from planning to swap (``None`` where not
-        recorded): the median training seconds per sample, and the median of what the
-        rest of a stage took. ``None`` without a stage trained on samples."""
+        recorded): the median training seconds per sample, and the mean of what the rest
+        of a stage took (a mean: the stages that follow another in one plan share its
+        planning). ``None`` without a stage trained on samples."""
         rows = [(n, t, w) for n, t, w in zip(samples, training, wall, strict=True) if n > 0]
         if not rows:
             return None
         per_sample = float(np.median([t / n for n, t, _ in rows]))
         rest = [w - t for _, t, w in rows if w is not None]
-        overhead = max(0.0, float(np.median(rest))) if rest else 0.0
+        overhead = max(0.0, float(np.mean(rest))) if rest else 0.0
         if overhead == 0 and per_sample == 0:
             return None
         return cls(round(overhead, 4), round(per_sample, 6))
@@ -109,10 +110,13 @@ def simulate_availability(
     seconds: float = 600.0,
     trials: int = 20,
     seed: int = 0,
+    min_depth: int | None = None,
 ) -> Availability:
     """Simulate ``trials`` runs of ``seconds`` each from the state ``sizes`` (live samples
     of each shard's slices, every sequence at full depth): deletions at ``rate`` per
-    second, one retrainer at ``speed`` in ``order``. ``sequences`` per shard default to
+    second, one retrainer at ``speed`` in ``order``. A shard is retrained, back to full
+    depth, once its served depth falls below ``min_depth`` (default L: at any cut), as
+    ``s3t serve --retrain depth:N`` does. ``sequences`` per shard default to
     ``cyclic(L, budget)``. A run ends early if every sample is deleted."""
     if order not in ORDERS:
         raise ConfigError(f"order must be one of {list(ORDERS)}, got {order!r}")
@@ -135,6 +139,7 @@ def simulate_availability(
             order,
             seconds,
             rng,
+            slices if min_depth is None else min_depth,
         )
         for _ in range(trials)
     ]
@@ -234,15 +239,17 @@ def sustainable_rate(
     seconds: float = 300.0,
     trials: int = 8,
     seed: int = 0,
+    min_depth: int | None = None,
 ) -> float:
     """The highest deletion rate (per second, to two significant digits) at which the
-    simulated service is up at least ``target`` of the time, retraining at ``speed``."""
+    simulated service is up at least ``target`` of the time, retraining at ``speed``
+    (see :func:`simulate_availability`)."""
     if not 0 < target < 1:
         raise ConfigError(f"target must be in (0, 1), got {target!r}")
 
     def holds(rate: float) -> bool:
         result = simulate_availability(
-            sizes, rate, speed, budget, None, order, seconds, trials, seed
+            sizes, rate, speed, budget, None, order, seconds, trials, seed, min_depth
         )
         return result.up >= target
 
@@ -265,6 +272,7 @@ def _run(
     order: str,
     horizon: float,
     rng: np.random.Generator,
+    min_depth: int,
 ) -> tuple[float, float, float, list[float], float]:
     """One run: (share of time up, mean live shards, mean served depth, outage lengths,
     seconds simulated)."""
@@ -278,12 +286,17 @@ def _run(
     stage: StageKey | None = None  # in training
     stage_done, stage_moot, stage_restoring = 0.0, False, False
     current_shard: int | None = None  # shard-by-shard: the shard being brought back
+    targets: set[int] = set()  # shards selected for retraining, until back at full depth
 
     def served(k: int) -> int:
         return max((d for d in depths[k]), default=0)
 
     def pick() -> tuple[StageKey | None, bool]:
         nonlocal current_shard
+        targets.update(k for k in range(shards) if served(k) < min_depth and live[k].sum())
+        targets.difference_update(
+            [k for k in targets if not order_stages(k, sequences[k], depths[k])]
+        )
         needs = [
             ShardNeed(
                 k,
@@ -292,7 +305,7 @@ def _run(
                 depths[k],
                 {s: int(live[k, s]) for s in range(slices)},
             )
-            for k in range(shards)
+            for k in sorted(targets)
             if live[k].sum() > 0
         ]
         if order == "service-first":

@@ -9,7 +9,10 @@
 - cache: training throughput and peak RSS with the activation cache in RAM vs spilled to
   disk at 2k, 11.5k and 50k samples (:mod:`s3t.experiments.bench_cache`);
 - service: the live HTTP service under 16 concurrent clients vs one at a time vs
-  in-process batches (:mod:`s3t.experiments.bench_service`).
+  in-process batches (:mod:`s3t.experiments.bench_service`);
+- pressure: deletions under load with readers, acknowledgement and erasure latency, and
+  the share of predictions a deletion stream leaves unanswered with the old and the new
+  retraining order (:mod:`s3t.experiments.bench_pressure`).
 """
 
 from __future__ import annotations
@@ -251,6 +254,9 @@ def run_all(out: Path, quick: bool = False, say: Say = print) -> dict[str, Any]:
     from s3t.experiments.bench_service import bench_service
 
     results["service"] = bench_service(work, quick, say)
+    from s3t.experiments.bench_pressure import bench_pressure
+
+    results["pressure"] = bench_pressure(work, quick, say)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     shutil.rmtree(work, ignore_errors=True)
@@ -294,6 +300,7 @@ def markdown(results: dict[str, Any]) -> str:
             *_precision_markdown(results["precision"]),
             *_cache_markdown(results["cache"]),
             *_service_markdown(results["service"]),
+            *_pressure_markdown(results["pressure"]),
         ]
     )
 
@@ -362,5 +369,34 @@ def _service_markdown(v: dict[str, Any]) -> list[str]:
         f"In-process `S3T.predict` in the same run: {p['batch32_inputs_per_second']} inputs/s on batches of 32, {p['single_inputs_per_second']} one at a time.",
         f"Served predictions reach **{v['predict_vs_in_process_batch32']}×** the in-process batch-32 throughput and **{v['predict_vs_one_at_a_time']}×** one-at-a-time serving; server errors: {v['concurrent']['errors_5xx']} (concurrent), {v['one_at_a_time']['errors_5xx']} (one at a time).",
         f"Server memory: {m['rss_before_mb']} MB before and {m['rss_after_mb']} MB after a client streamed a {m['body_mb']} MB body (answered {m['status']}).",
+        "",
+    ]
+
+
+def _pressure_markdown(v: dict[str, Any]) -> list[str]:
+    rows = []
+    for run in v["runs"].values():
+        e, sim = run["erasure_ms"], run.get("simulated", {})
+        simulated = f"{100 * sim['share_503']:.1f}%" if sim else "–"
+        rows.append(
+            f"| {run['rate_per_second']:g}/s | {run['order']} | {run['forgets']} | {run['ack_p50_ms']} / {run['ack_p99_ms']} | "
+            f"{e['p50_ms']} / {e['p99_ms']} | {100 * run['share_503']:.1f}% | {run['outages']} | {run['outage_mean_s']} / {run['outage_max_s']} | "
+            f"{run['predictions_per_second']} | {simulated} |"
+        )
+    return [
+        "## Deletions under pressure (`s3t serve --retrain depth:2`, a real process)",
+        "",
+        f"{v['model']}, {v['samples']} samples; each run {v['seconds_per_run']:g} s with {v['clients']} clients "
+        "(four one-input predictions, then a status, verify, health or receipt read, in turn) and one more client, "
+        "in a process of its own, forgetting uniformly drawn live samples. Acknowledgement as the forgetting client "
+        "saw it; erasure from the audit log (commit to `erasure-completed`); an outage runs from a first 503 to the "
+        "next answered prediction. The simulated 503 share comes from `s3t simulate --rate` with the retraining "
+        "speed the run measured.",
+        "",
+        "| deletions | retraining order | forgets | ack p50 / p99 ms | erasure p50 / p99 ms | 503 share | outages | outage mean / max s | predictions/s | simulated 503 share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"At five deletions per second the service-first order leaves **{v['share_503_new_over_old']}×** the 503 share of the shard-by-shard order of s3t 0.2.",
         "",
     ]
