@@ -189,14 +189,16 @@ def _availability(
                     "budget": b,
                     "order": order,
                     "sustained_99": sustainable_rate(
-                        sizes, speed, b, 0.99, order, seconds, 4, seed
+                        sizes, speed, b, 0.99, order, seconds, 4, seed, min_depth
                     ),
                     "first_stages": cap.first_stages,
                     "full_depth": cap.full_depth,
                 }
             )
             for r in rates:
-                run = simulate_availability(sizes, r, speed, b, None, order, seconds, trials, seed)
+                run = simulate_availability(
+                    sizes, r, speed, b, None, order, seconds, trials, seed, min_depth
+                )
                 rows.append({"budget": b} | run.to_dict())
     if as_json:
         print_json({"availability": rows, "sustainable": limits})
