@@ -81,6 +81,20 @@ def test_simulate_table_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "d.png").stat().st_size > 10_000
 
 
+def test_simulate_a_retraining_service_at_deletion_rates() -> None:
+    args = ["simulate", "-m", "3", "-L", "3", "-B", "3", "--samples", "600", "--rate", "2,8"]
+    args += ["--stage-overhead", "0.5", "--seconds-per-sample", "0.004", "--seconds", "60"]
+    out = json.loads(run(*args, "--trials", "4", "--min-depth", "2", "--json"))
+    runs = {(r["order"], r["rate"]): r for r in out["availability"]}
+    assert set(runs) == {(o, r) for o in ("service-first", "shard-by-shard") for r in (2.0, 8.0)}
+    assert runs[("service-first", 2.0)]["up"] > runs[("service-first", 8.0)]["up"]
+    assert runs[("service-first", 8.0)]["up"] > runs[("shard-by-shard", 8.0)]["up"]
+    limits = {row["order"]: row for row in out["sustainable"]}
+    assert limits["service-first"]["sustained_99"] > limits["shard-by-shard"]["sustained_99"]
+    assert 0 < limits["service-first"]["full_depth"] < limits["service-first"]["first_stages"]
+    assert "up 99% of the time up to" in run(*args, "--trials", "2")
+
+
 def test_sequences_json() -> None:
     out = json.loads(run("sequences", "--slices", "4", "--budget", "6", "--json"))
     assert out["sequences"][:4] == [[0, 1, 2, 3], [3, 0, 1, 2], [2, 3, 0, 1], [1, 2, 3, 0]]

@@ -6,6 +6,7 @@ the erasure completes (and is logged)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -217,3 +218,28 @@ def test_no_content_fingerprint_is_kept(marked: Path) -> None:
     S3T.open(marked).forget([ids[MARKERS[2]]], wait_erasure=True)
     for fingerprint in fingerprints:
         assert files_holding(marked, fingerprint) == []
+
+
+@pytest.mark.slow
+def test_a_running_service_finishes_an_erasure_another_process_left_pending_within_a_second(
+    marked: Path,
+) -> None:
+    ids = marker_ids(marked_dataset())
+    service = S3T.open(marked)
+    service.start_maintenance()  # what `s3t serve` runs
+    pinned = _python(PINNED, str(marked / "registry.sqlite"), stdin=True)
+    assert pinned.stdout is not None and pinned.stdout.readline().strip() == "PINNED"
+    child = _python(FORGET, str(marked), ids[MARKERS[3]])
+    out, _ = child.communicate(timeout=120)
+    request = json.loads(out)["request"]
+    assert not service.erasure_complete(request)  # the reader still holds the old pages
+    assert pinned.stdin is not None
+    pinned.stdin.write("\n")
+    pinned.stdin.flush()
+    pinned.wait()
+    released = time.monotonic()
+    while not service.erasure_complete(request):
+        assert time.monotonic() - released < 1.5, "the service did not pick it up in time"
+        time.sleep(0.01)
+    assert files_holding(marked, MARKERS[3]) == []
+    service.close()

@@ -12,6 +12,7 @@ from helpers import registry_of, toy_dataset
 from s3t.errors import ConfigError, WorkspaceError
 from s3t.system.api import S3T
 from s3t.system.config import S3TConfig
+from s3t.system.reports import Status
 
 
 class CrashError(Exception):
@@ -102,3 +103,13 @@ def test_resuming_needs_the_same_data_and_never_brings_deleted_samples_back(
         for artifact in row.active():
             assert victim not in registry_of(again).lineage(artifact)
     assert again.verify().ok
+
+
+def test_status_says_what_deletion_rate_the_measured_retraining_sustains(trained: Path) -> None:
+    status = S3T.open(trained, read_only=True).status()
+    speed = status.retrain_speed
+    assert speed["stages_measured"] == 18 and speed["seconds_per_sample"] > 0
+    assert speed["stage_overhead_seconds"] > 0  # planning, writing and swapping a stage
+    assert status.sustainable_deletion_rate is not None and status.full_depth_deletion_rate
+    assert 0 < status.full_depth_deletion_rate < status.sustainable_deletion_rate
+    assert Status.from_dict(status.to_dict()) == status
