@@ -14,6 +14,7 @@ from s3t.engine.settings import block_layers
 from s3t.errors import InvalidRequestError
 from s3t.system.api import S3T
 from s3t.system.serving.server import Server
+from s3t.system.serving.source import WorkspaceSource
 
 TEXTS = ["good film", "awful boring plot", "the actor was superb"]
 
@@ -39,7 +40,7 @@ def test_exported_adapter_loads_with_peft_and_matches_predict(trained, tmp_path)
         i for block in blocks[: served.depth] for i in block
     )
 
-    server = Server(workspace_of(system))
+    server = Server(WorkspaceSource(workspace_of(system)))
     base_path = system.config.model.name_or_path
     base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=2)
     model = PeftModel.from_pretrained(base, str(out)).eval()

@@ -134,8 +134,9 @@ class S3T:
             with self._lock:
                 if self._server is None:
                     from s3t.system.serving.server import Server
+                    from s3t.system.serving.source import WorkspaceSource
 
-                    self._server = Server(self._ws, compute=self._compute)
+                    self._server = Server(WorkspaceSource(self._ws), compute=self._compute)
         return self._server
 
     def _get_trainer(self, on_event: EventCallback | None = None) -> Trainer:

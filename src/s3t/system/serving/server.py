@@ -2,9 +2,10 @@
 outputs aggregated (mean logits by default). Dead shards do not vote; with no live shard
 there is no answer (``ServiceUnavailableError``), never a silent guess.
 
-The state is read from the registry on every call, so a deletion or a swapped-in retrain
-takes effect on the next request. Artifact tensors are cached by content hash: a deletion
-changes which artifacts are chosen and invalidates nothing else.
+The state is read from the serving source (the workspace's registry, or a replica's
+published state) on every call, so a deletion or a swapped-in retrain takes effect on the
+next request. Artifact tensors are cached by content hash: a deletion changes which
+artifacts are chosen and invalidates nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from s3t.core.selection import Served, serving_choice
+from s3t.core.selection import Served
 from s3t.engine.artifacts import decode_stage
 from s3t.engine.blocks import BlockModel, State
 from s3t.engine.compute import resolve_device
@@ -28,7 +29,7 @@ from s3t.engine.loading import load_backbone
 from s3t.engine.settings import Compute
 from s3t.errors import ArtifactError, InvalidRequestError, ServiceUnavailableError
 from s3t.system.serving.requests import Prediction, PredictRequest
-from s3t.system.store.workspace import Workspace
+from s3t.system.serving.source import ServingSource
 
 #: characters of a text kept per token of max_length, before tokenisation
 CHARS_PER_TOKEN = 128
@@ -53,12 +54,13 @@ class ModelInfo:
 
 
 class Server:
-    """Assembles and runs the served models of a workspace (one model instance, locked)."""
+    """Assembles and runs the served models of a serving source (one model instance,
+    locked)."""
 
     def __init__(
-        self, workspace: Workspace, cache_size: int = 256, compute: Compute | None = None
+        self, source: ServingSource, cache_size: int = 256, compute: Compute | None = None
     ) -> None:
-        self.ws = workspace
+        self.source = source
         self.compute = compute or Compute()
         self._engine: BlockModel | None = None
         self._lock = threading.RLock()
@@ -77,7 +79,7 @@ class Server:
         """The model instance, loaded on first use."""
         with self._lock:
             if self._engine is None:
-                config = self.ws.config
+                config = self.source.config
                 device = resolve_device(self.compute.device)
                 precision = config.train.precision
                 backbone = load_backbone(
@@ -93,11 +95,7 @@ class Server:
         lowest sequence number among equals). ``budget`` limits the choice to each shard's
         first B sequences: selectors nest, so that is exactly the system trained with
         budget B."""
-        chosen = self.ws.serving(budget)
-        if self._bad:
-            registry = self.ws.registry()
-            rows, untrained, unusable = registry.serving_view()
-            chosen = serving_choice(rows, budget, untrained, unusable | self._bad)
+        chosen = self.source.selection(budget, self._bad)
         if not chosen:
             raise ServiceUnavailableError(
                 "every shard has lost every model: no prediction can be served until "
@@ -113,9 +111,9 @@ class Server:
                 self._tensors.move_to_end(artifact)
                 return self._tensors[artifact]
         try:
-            data = self.ws.read_artifact(artifact)
+            data = self.source.read_artifact(artifact)
         except ArtifactError:
-            if artifact not in self.ws.registry().purged_among([artifact]) or self.ws.read_only:
+            if not self.source.may_quarantine(artifact):
                 self._bad.add(artifact)
             raise
         block, head, _ = decode_stage(data)
@@ -166,7 +164,7 @@ class Server:
 
     def still_valid(self, served: Sequence[Served]) -> bool:
         """Whether none of the served stages has been purged (or quarantined) meanwhile."""
-        return not self.ws.registry().purged_among(a for s in served for a in s.artifacts)
+        return not self.source.unusable_among(a for s in served for a in s.artifacts)
 
     def logits_for(
         self, served: list[Served], store: FeatureStore, batch_size: int = 64
@@ -211,9 +209,9 @@ class Server:
 
     def request(self, inputs: Any, aggregate: str = "mean-logits") -> PredictRequest:
         """Validate a prediction request without touching the model."""
-        if self.ws.task == "instruction":
+        if self.source.task == "instruction":
             raise InvalidRequestError("this workspace holds a language model: use generate()")
-        return PredictRequest.parse(self.ws.modality, inputs, aggregate)
+        return PredictRequest.parse(self.source.modality, inputs, aggregate)
 
     def predict_many(
         self, requests: Sequence[PredictRequest], batch_size: int = 64
@@ -232,9 +230,9 @@ class Server:
             rows = slice(start, start + len(r))
             start += len(r)
             part = [logits[s.shard][rows] for s in served]
-            labels, scores = aggregate_logits(part, r.aggregate, self.ws.task)
-            names = self.ws.label_names
-            if self.ws.task == "classification" and names:
+            labels, scores = aggregate_logits(part, r.aggregate, self.source.task)
+            names = self.source.label_names
+            if self.source.task == "classification" and names:
                 shown: list[Any] = [names[i] for i in labels]
             else:
                 shown = list(labels)
@@ -272,11 +270,11 @@ class Server:
             "sequence": served.seq,
             "depth": served.depth,
             "artifacts": list(served.artifacts),
-            "config": self.ws.config.to_dict(),
+            "config": self.source.config.to_dict(),
         }
         with self._lock:
             path = export_adapter(
-                self.engine, blocks, head, out, provenance, seed=self.ws.config.layout.seed
+                self.engine, blocks, head, out, provenance, seed=self.source.config.layout.seed
             )
         return served, path
 
@@ -285,7 +283,7 @@ class Server:
         engine = self.engine
         base = [p for n, p in engine.model.named_parameters() if "lora_" not in n]
         return ModelInfo(
-            name_or_path=self.ws.config.model.name_or_path,
+            name_or_path=self.source.config.model.name_or_path,
             family=str(engine.family),
             layers=engine.backbone.anatomy.num_layers,
             parameters=sum(p.numel() for p in base),
@@ -298,7 +296,7 @@ class Server:
     ) -> tuple[list[str], list[list[Served]]]:
         """Greedy generation with next-token logits averaged over the live shards; returns
         the responses and, for each, the models that produced it."""
-        if self.ws.task != "instruction":
+        if self.source.task != "instruction":
             raise InvalidRequestError("generate() needs a workspace holding a causal LM")
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise InvalidRequestError("prompts must be a non-empty list of strings")
