@@ -119,9 +119,34 @@ def serve(
     max_batch: int | None = typer.Option(None, help=_service_help("max_batch")),
     max_wait_ms: float | None = typer.Option(None, help=_service_help("max_wait_ms")),
     max_queued: int | None = typer.Option(None, help=_service_help("max_queued")),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Scale out on Ray Serve: this process's node holds the deletion authority (the "
+        "one process that opens the workspace), --replicas prediction replicas serve "
+        "predictions on any node (needs the ray extra).",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="With --ray: join this Ray cluster (auto: the local one)."
+    ),
+    replicas: int = typer.Option(2, "--replicas", min=1, help="With --ray: prediction replicas."),
+    lease_seconds: float = typer.Option(
+        5.0,
+        "--lease-seconds",
+        min=0.5,
+        help="With --ray: how long a replica answers without hearing from the authority; "
+        "also the longest a deletion waits for a replica that stopped answering.",
+    ),
+    replica_cpus: float = typer.Option(
+        1.0, "--replica-cpus", min=0, help="With --ray: CPUs Ray reserves per replica."
+    ),
+    replica_gpus: float = typer.Option(
+        0.0, "--replica-gpus", min=0, help="With --ray: GPUs per replica (fractions share one)."
+    ),
 ) -> None:
     """Serve a workspace over HTTP under /v1 (docs at /docs): predict, forget, status,
-    verify, receipts, retrain, tokens, and /metrics. SIGTERM finishes in-flight requests."""
+    verify, receipts, retrain, tokens, and /metrics. SIGTERM finishes in-flight requests.
+    With --ray, prediction replicas on a Ray cluster serve the same API."""
     from s3t.extras import require
 
     policy = retrain_policy(retrain, retrain_order)
@@ -143,8 +168,6 @@ def serve(
         max_wait_ms=max_wait_ms,
         max_queued=max_queued,
     )
-    from s3t.service import app_for_workspace
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access = logging.getLogger("s3t.access")
@@ -154,6 +177,26 @@ def serve(
     # the model thread holds the GIL between torch calls; switching threads every 1 ms
     # (Python's default: 5 ms) keeps deletions, status and probes from queueing behind it
     sys.setswitchinterval(0.001)
+    if ray:
+        require("ray", "ray", "`s3t serve --ray`")
+        require("ray.serve", "ray", "`s3t serve --ray`")
+        from s3t.service.scaleout import serve_on_ray
+
+        serve_on_ray(
+            workspace,
+            settings,
+            policy=policy,
+            address=ray_address,
+            replicas=replicas,
+            lease_seconds=lease_seconds,
+            host=host,
+            port=port,
+            replica_cpus=replica_cpus,
+            replica_gpus=replica_gpus,
+        )
+        return
+    from s3t.service import app_for_workspace
+
     uvicorn.run(
         app_for_workspace(workspace, policy, settings),
         host=host,

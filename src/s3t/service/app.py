@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -54,94 +54,23 @@ from s3t.service.errors import (
     install_error_handlers,
     too_large,
 )
+from s3t.service.fence import Admission, ResponseFence
 from s3t.service.gate import Gate, Telemetry
 from s3t.service.settings import ServiceSettings
 from s3t.system.access import TokenCache, TokenInfo
 from s3t.system.api import S3T
-from s3t.system.serving.requests import Prediction
+from s3t.system.scaleout.replica import ReplicaSystem
 from s3t.system.training.background import RetrainPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ResponseFence:
-    """Orders prediction answers and deletion acknowledgements (see the module docstring):
-    the answers of a batch are validated and enter the fence under one lock, on the
-    batcher's thread; a deletion, once committed, waits until every answer that entered
-    before it has been sent."""
-
-    def __init__(self, system: S3T) -> None:
-        self.system = system
-        self.lock = threading.Lock()
-        self._next = 0
-        self._open: set[int] = set()
-
-    def admit(self, answers: list[Prediction]) -> list[int] | None:
-        """The batcher's admit hook: a ticket per answer, or ``None`` when a deletion
-        purged a stage one of them used (they are computed again)."""
-        served = [s for answer in answers for s in answer.served]
-        with self.lock:
-            if not self.system.still_valid(served):
-                return None
-            tickets = list(range(self._next + 1, self._next + 1 + len(answers)))
-            self._next += len(answers)
-            self._open.update(tickets)
-        return tickets
-
-    def position(self) -> int:
-        """The last answer that entered."""
-        with self.lock:
-            return self._next
-
-    def leave(self, ticket: int | None) -> None:
-        """The answer was sent (or its request ended)."""
-        with self.lock:
-            self._open.discard(ticket or 0)
-
-    async def wait_until_sent(self, position: int, timeout: float = 30.0) -> None:
-        """Wait (polling every millisecond, at most ``timeout``) until every answer that
-        entered at or before ``position`` was sent."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if not any(t <= position for t in self._open):
-                    return
-            await asyncio.sleep(0.001)
-
-
-class Admission:
-    """One prediction's place in the fence: taken on the batcher's thread when its answer
-    is admitted, released once the answer was sent or the request ended (whichever
-    happens first; a request abandoned before its answer was admitted releases the ticket
-    the moment it is taken)."""
-
-    def __init__(self, fence: ResponseFence) -> None:
-        self.fence = fence
-        self._lock = threading.Lock()
-        self._ticket: int | None = None
-        self._released = False
-
-    def admitted(self, ticket: int) -> None:
-        """The batcher admitted the answer under ``ticket``."""
-        with self._lock:
-            self._ticket = ticket
-            if self._released:
-                self.fence.leave(ticket)
-
-    def release(self) -> None:
-        """The answer was sent, or the request ended without it."""
-        with self._lock:
-            self._released = True
-            if self._ticket is not None:
-                self.fence.leave(self._ticket)
-
-
 @dataclass
 class ServiceState:
     """What the endpoints share."""
 
-    system: S3T
+    system: S3T | ReplicaSystem
     settings: ServiceSettings
     telemetry: Telemetry
     fence: ResponseFence
@@ -149,7 +78,6 @@ class ServiceState:
     owns_system: bool = False
     #: synchronous retrains share one trainer (one model instance): one at a time
     retrain_lock: threading.Lock = field(default_factory=threading.Lock)
-    background_lock: threading.Lock = field(default_factory=threading.Lock)
     started_background: bool = False
     batcher: Any = None
     _start_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -255,7 +183,10 @@ v1 = APIRouter(prefix="/v1")
 
 
 def create_app(
-    system: S3T, settings: ServiceSettings | None = None, *, owns_system: bool = False
+    system: S3T | ReplicaSystem,
+    settings: ServiceSettings | None = None,
+    *,
+    owns_system: bool = False,
 ) -> FastAPI:
     """Return the service over an open system. On shutdown the app answers what is queued,
     stops the background work it started, and closes the system when ``owns_system``."""
@@ -264,6 +195,8 @@ def create_app(
     state = ServiceState(
         system, settings, telemetry, ResponseFence(system), system.token_cache(), owns_system
     )
+    if isinstance(system, ReplicaSystem):
+        system.order_with(state.fence)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -298,7 +231,7 @@ def create_app(
     return app
 
 
-def _load(system: S3T) -> None:
+def _load(system: S3T | ReplicaSystem) -> None:
     """Load the models, then take what lives as long as the process (models, libraries)
     out of the garbage collector's full scans: with them in, each full collection pauses
     every thread — the event loop, deletions included — for 100-250 ms."""
@@ -415,7 +348,8 @@ async def predict(body: PredictRequest, state: State, http: Request) -> S3TJSONR
     prediction = await asyncio.wrap_future(
         state.start_batcher().submit(request, on_admit=place.admitted)
     )
-    answer = prediction.to_dict()
+    system.answering()  # a replica whose lease ran out since sends nothing (503)
+    answer = prediction.to_dict() | place.provenance
     if settings.labels_only:
         answer["scores"] = []
     return S3TJSONResponse(answer, background=BackgroundTask(place.release))
@@ -460,11 +394,12 @@ async def forget(
     await state.fence.wait_until_sent(state.fence.position())
     state.telemetry.observe_deletion(len(receipt.deleted))
     if wait == "erasure" and receipt.erasure == "pending":
-        deadline = time.monotonic() + state.settings.erase_wait
+        deadline, pause = time.monotonic() + state.settings.erase_wait, 0.002
         while time.monotonic() < deadline:
-            if state.system.erasure_complete(receipt.request_id):
+            if await state.report(state.system.erasure_complete, receipt.request_id):
                 break
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.05)
         receipt = await state.report(state.system.receipt, receipt.request_id)
     return receipt.to_dict()
 
@@ -513,22 +448,10 @@ def retrain(body: RetrainRequest, state: State) -> Any:
 
 
 def _retrain_in_background(state: ServiceState) -> S3TJSONResponse:
-    system = state.system
-    with state.background_lock:
-        started = system.background is None
-        if started:
-            slices = system.config.layout.slices
-            background = system.start_background(RetrainPolicy(min_depth=slices, when_dead=True))
-            state.started_background = True
-        else:
-            assert system.background is not None
-            background = system.background
-            background.wake()
-    policy = background.policy
-    return S3TJSONResponse(
-        {"accepted": True, "started": started, "policy": asdict(policy), "due": background.due()},
-        status_code=202,
-    )
+    accepted = state.system.retrain_in_background()
+    if accepted["started"]:
+        state.started_background = True  # stopped with the app
+    return S3TJSONResponse(accepted, status_code=202)
 
 
 # ----- tokens ----------------------------------------------------------------------------------

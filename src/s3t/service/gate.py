@@ -21,6 +21,7 @@ from s3t.service.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from s3t.system.api import S3T
+    from s3t.system.scaleout.replica import ReplicaSystem
 
 access_log = logging.getLogger("s3t.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -29,7 +30,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 class Telemetry:
     """The service's metrics (one registry per app) and the state gauges read at scrape."""
 
-    def __init__(self, system: S3T) -> None:
+    def __init__(self, system: S3T | ReplicaSystem) -> None:
         self.system = system
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -125,6 +126,25 @@ class _StateCollector:
             "Inputs waiting for the model",
             value=self.telemetry.queue_depth(),
         )
+        if status.replicas:  # serving on Ray: the deletion authority's view of each replica
+            epoch = GaugeMetricFamily(
+                "s3t_replica_epoch", "Serving epoch each replica confirmed", labels=["replica"]
+            )
+            lease = GaugeMetricFamily(
+                "s3t_replica_lease_seconds_left",
+                "Seconds left on each replica's lease (0: it answers nothing)",
+                labels=["replica"],
+            )
+            seen = GaugeMetricFamily(
+                "s3t_replica_seconds_since_seen",
+                "Seconds since the deletion authority last heard from each replica",
+                labels=["replica"],
+            )
+            for r in status.replicas:
+                epoch.add_metric([r["replica"]], r["epoch"])
+                lease.add_metric([r["replica"]], r["lease_seconds_left"])
+                seen.add_metric([r["replica"]], r["seconds_since_seen"])
+            yield from (epoch, lease, seen)
         retrain = GaugeMetricFamily(
             "s3t_background_stages", "Stages handled by background retraining", labels=["status"]
         )

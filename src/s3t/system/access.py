@@ -96,18 +96,23 @@ def _check(find: Callable[[str], TokenRow | None], presented: str) -> TokenInfo 
 class TokenCache:
     """The workspace's tokens held in memory, so that checking a request's token reads
     nothing from the workspace (a busy service checks one per request). It is as current
-    as its last :meth:`refresh`: the HTTP service refreshes it every 0.1 s, at once after
-    it creates or revokes a token itself, and before refusing a token it does not know
-    (one created a moment ago elsewhere)."""
+    as its last :meth:`refresh`, which reads them with ``load`` (from the workspace, or
+    from what a deletion authority last sent a prediction replica): the HTTP service
+    refreshes it every 0.1 s, at once after it creates or revokes a token itself, and
+    before refusing a token it does not know (one created a moment ago elsewhere)."""
 
-    def __init__(self, workspace: Workspace) -> None:
-        self.ws = workspace
+    def __init__(self, load: Callable[[], Iterable[TokenRow]]) -> None:
+        self._load = load
         self._rows: dict[str, TokenRow] = {}
         self.refresh()
 
     def refresh(self) -> None:
         """Read the tokens again."""
-        self._rows = {row.id: row for row in self.ws.registry().tokens()}
+        self._rows = {row.id: row for row in self._load()}
+
+    def rows(self) -> list[TokenRow]:
+        """The tokens held (hashed; never a secret)."""
+        return list(self._rows.values())
 
     def knows(self, presented: str) -> bool:
         """Whether ``presented`` names a token id this cache holds."""

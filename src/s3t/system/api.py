@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,11 @@ class S3T:
     def modality(self) -> str:
         """text, image or instruction."""
         return self._ws.modality
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        """The class names of a classification task (``None``: plain indices)."""
+        return self._ws.label_names
 
     @property
     def read_only(self) -> bool:
@@ -217,6 +223,26 @@ class S3T:
             self.background.start()
         return self.background
 
+    def retrain_in_background(self) -> dict[str, Any]:
+        """Hand every truncated sequence to the background retrainer (starting one that
+        brings every shard back to full depth, if none runs): whether one was started, its
+        policy, and the shards it has to heal now."""
+        with self._lock:
+            started = self.background is None
+            if started:
+                slices = self.config.layout.slices
+                self.start_background(RetrainPolicy(min_depth=slices, when_dead=True))
+            background = self.background
+        assert background is not None
+        if not started:
+            background.wake()
+        return {
+            "accepted": True,
+            "started": started,
+            "policy": asdict(background.policy),
+            "due": background.due(),
+        }
+
     def start_maintenance(self, sweep_seconds: float = 60.0) -> Janitor:
         """Keep the workspace clean from a daemon thread: pending erasures finished as soon
         as possible, crash leftovers swept every ``sweep_seconds``."""
@@ -286,6 +312,16 @@ class S3T:
         """Whether none of these served stages was purged (or quarantined) since chosen."""
         return self._serving.still_valid(served)
 
+    def answering(self) -> dict[str, Any]:
+        """Who answers predictions, for their provenance: nothing to add for a system in
+        one process (a prediction replica names itself and its serving epoch)."""
+        return {}
+
+    def artifact_bytes(self, artifacts: Sequence[str]) -> dict[str, bytes]:
+        """The files of these stage artifacts, each checked against its sha256 (a corrupted
+        one is quarantined and raises :class:`~s3t.errors.ArtifactError`)."""
+        return {a: self._ws.read_artifact(a) for a in artifacts}
+
     # ----- access tokens (the HTTP service's) -----------------------------------------------
     def create_token(self, scopes: Sequence[str], name: str = "") -> tuple[TokenInfo, str]:
         """A new access token for the service: its record, and the token (shown once)."""
@@ -306,7 +342,7 @@ class S3T:
     def token_cache(self) -> TokenCache:
         """The tokens in memory, to check many requests' tokens without reading the
         workspace each time (see :class:`~s3t.system.access.TokenCache`)."""
-        return TokenCache(self._ws)
+        return TokenCache(lambda: self._ws.registry().tokens())
 
     def served_depths(self, budget: int | None = None) -> dict[int, int]:
         """Every shard's served depth now (0 = dead), optionally in a budget-B view."""

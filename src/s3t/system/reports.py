@@ -74,6 +74,8 @@ class Status(_Json):
     #: deletions destroy (the service then almost never fails), and everything (full depth)
     sustainable_deletion_rate: float | None = None
     full_depth_deletion_rate: float | None = None
+    #: a scaled-out service's prediction replicas: epoch confirmed, lease left, last heard
+    replicas: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Status:

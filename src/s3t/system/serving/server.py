@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,6 +122,13 @@ class Server:
             while len(self._tensors) > self._cache_size:
                 self._tensors.popitem(last=False)
         return block, head
+
+    def keep_tensors(self, artifacts: Collection[str]) -> None:
+        """Drop the cached tensors of every artifact but these (stages no longer served)."""
+        with self._lock:
+            for artifact in [a for a in self._tensors if a not in artifacts]:
+                del self._tensors[artifact]
+            self._bad &= set(artifacts)
 
     def stages(self, served: Served) -> tuple[list[State], State | None]:
         """Return the block tensors of stages 1..depth and the head of stage depth."""
