@@ -209,9 +209,13 @@ class S3T:
         return system
 
     def start_background(
-        self, policy: RetrainPolicy, on_event: EventCallback | None = None
+        self,
+        policy: RetrainPolicy,
+        on_event: EventCallback | None = None,
+        executor: Executor | None = None,
     ) -> BackgroundRetrainer:
-        """Start healing shards in a background thread according to ``policy``."""
+        """Start healing shards in a background thread according to ``policy`` (training
+        in this process, or with ``executor`` elsewhere, e.g. in Ray tasks)."""
         if self.background is None:
             slices = self.config.layout.slices
             if policy.min_depth is not None and policy.min_depth > slices:
@@ -219,7 +223,9 @@ class S3T:
                     f"the retrain policy's min_depth must be at most the workspace's {slices} "
                     f"slices, got {policy.min_depth!r}"
                 )
-            self.background = BackgroundRetrainer(self._ws, policy, on_event, self._compute)
+            self.background = BackgroundRetrainer(
+                self._ws, policy, on_event, self._compute, executor
+            )
             self.background.start()
         return self.background
 

@@ -17,7 +17,7 @@ from s3t.system.store.workspace import Workspace
 
 if TYPE_CHECKING:
     from s3t.core.schedule import StageKey
-    from s3t.system.training.trainer import EventCallback, StageOutcome, Trainer
+    from s3t.system.training.trainer import EventCallback, Executor, StageOutcome, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,13 @@ class BackgroundRetrainer:
         policy: RetrainPolicy,
         on_event: EventCallback | None = None,
         compute: Compute | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.ws = workspace
         self.compute = compute
         self.policy = policy
+        #: trains elsewhere (Ray tasks) instead of this process, shards in parallel
+        self.executor = executor
         self.on_event = on_event
         self.outcomes: list[StageOutcome] = []
         self.error: BaseException | None = None
@@ -108,7 +111,8 @@ class BackgroundRetrainer:
     def prepare(self) -> None:
         """Load the retraining model instance now, so that the first retraining after a
         failure starts at once (otherwise it is loaded when first needed)."""
-        self._get_trainer().local.worker  # noqa: B018 - loads the model
+        if self.executor is None:
+            self._get_trainer().local.worker  # noqa: B018 - loads the model
         self.prepared = True
 
     def _get_trainer(self) -> Trainer:
@@ -190,11 +194,19 @@ class BackgroundRetrainer:
             self._wake.wait(self.policy.poll_seconds)
 
     def _next_stage(self) -> int:
-        """One stage of the selected shards, in service-first order; how many stages were
-        handled (0: none left)."""
+        """One stage of the selected shards, in service-first order (with an executor:
+        every selected shard's stages, in parallel tasks, each in service-first order);
+        how many stages were handled (0: none left)."""
         self._targets |= set(self.policy.shards_due(self.ws))
         if not self._targets:
             return 0
+        if self.executor is not None:
+            done = self._get_trainer().complete(
+                sorted(self._targets), executor=self.executor, restoring=True
+            )
+            self.outcomes += done
+            self._targets.clear()
+            return len(done)
         self._stage_began = time.time()  # the stage's plan reads the registry after this
         done = self._get_trainer().restore_next(sorted(self._targets), self._superseded)
         self.outcomes += done
@@ -208,7 +220,10 @@ class BackgroundRetrainer:
         for shard in self.policy.shards_due(self.ws):
             if self._stop.is_set():
                 break
-            done = self._get_trainer().complete([shard], stop=self._stop)
+            if self.executor is not None:
+                done = self._get_trainer().complete([shard], executor=self.executor)
+            else:
+                done = self._get_trainer().complete([shard], stop=self._stop)
             self.outcomes += done
             progress += len(done)
         return progress

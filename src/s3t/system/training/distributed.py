@@ -44,10 +44,11 @@ def train_shard(
     threads: int,
     device: str = "cpu",
     cache_memory: int = 4 * 2**30,
-) -> list[TrainedStage]:
-    """Run in a Ray worker: train a shard's jobs with the driver's thread count, precision
-    (it is in the config) and determinism settings, on ``device`` (a GPU Ray assigned, or
-    the CPU); the activation cache spills to a private temporary folder removed at the end."""
+) -> Iterator[TrainedStage]:
+    """Run in a Ray worker (a streaming generator task): train a shard's jobs with the
+    driver's thread count, precision (it is in the config) and determinism settings, on
+    ``device`` (a GPU Ray assigned, or the CPU), handing each stage back as soon as it is
+    trained; the activation cache spills to a private temporary folder removed at the end."""
     import tempfile
 
     import torch
@@ -57,7 +58,7 @@ def train_shard(
     try:
         with tempfile.TemporaryDirectory(prefix="s3t-cache-") as scratch:
             compute = Compute(device=device, cache_memory=cache_memory, cache_dir=Path(scratch))
-            return list(StageWorker(S3TConfig.from_dict(config), compute=compute).run(work))
+            yield from StageWorker(S3TConfig.from_dict(config), compute=compute).run(work)
     finally:
         torch.set_num_threads(before)
 
@@ -114,24 +115,34 @@ class RayExecutor:
         on_event: EventCallback,
         stop: threading.Event | None = None,
     ) -> Iterator[TrainedStage]:
-        """Start one task per shard; yield each shard's stages as its task finishes."""
+        """Start one task per shard; yield each stage as soon as its task trained it (stages
+        of different shards interleave as they finish)."""
         import torch
 
         ray = self._ray()
         env = {k: os.environ[k] for k in KERNEL_VARIABLES if k in os.environ}
         # a task asks for its CPUs and GPUs; with fewer GPUs than shards Ray queues the rest
-        options: dict[str, Any] = {"num_cpus": self.cpus_per_task, "num_gpus": self.gpus_per_task}
+        options: dict[str, Any] = {
+            "num_cpus": self.cpus_per_task,
+            "num_gpus": self.gpus_per_task,
+            "num_returns": "streaming",
+        }
         if env:
             options["runtime_env"] = {"env_vars": env}
         task = ray.remote(**options)(train_shard)
         threads = self.threads or torch.get_num_threads()
-        pending = {}
+        streams = []
         for shard in work:
-            ref = task.remote(config.to_dict(), shard, threads, self.device, self.cache_memory)
-            pending[ref] = shard
+            streams.append(
+                task.remote(config.to_dict(), shard, threads, self.device, self.cache_memory)
+            )
             for job in shard.jobs:
                 on_event(StageEvent("start", job.key, detail={"samples": len(job.samples)}))
+        pending = {stream: None for stream in streams}
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            pending.pop(done[0])
-            yield from ray.get(done[0])
+            ready, _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
+            stream = ready[0]
+            try:
+                yield ray.get(next(stream))
+            except StopIteration:  # the task trained all its jobs
+                pending.pop(stream)

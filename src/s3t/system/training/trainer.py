@@ -206,10 +206,12 @@ class Trainer:
         stop: threading.Event | None = None,
         max_rounds: int = 100,
         executor: Executor | None = None,
+        restoring: bool = False,
     ) -> list[StageOutcome]:
         """Train and swap in every missing stage of the given shards (all by default) until
         every sequence is at full depth, or ``stop`` is set; returns what happened to each
-        stage."""
+        stage. ``restoring`` trains each shard's stages in the order that brings service
+        back soonest (see :func:`restore_order`)."""
         if executor is not None and stop is not None:
             raise InvalidRequestError(
                 "stop is not supported with an executor: its shards train in parallel "
@@ -229,7 +231,7 @@ class Trainer:
             began = time.perf_counter()
             try:
                 with registry.copy() as snapshot:
-                    work = self._plan(snapshot, targets)
+                    work = self._plan(snapshot, targets, restoring=restoring)
             except ArtifactError as exc:  # a parent was corrupted (now quarantined): replan
                 log.warning("%s", exc)
                 continue
@@ -273,19 +275,7 @@ class Trainer:
         registry = self.ws.registry()
         outcomes = self._reuse(registry, shards)
         began = time.perf_counter()
-        view = registry.status_view()
-        served = serving_choice(view.rows, None, view.untrained, view.unusable)
-        slices = self.config.layout.slices
-        needs = [
-            ShardNeed(
-                shard=k,
-                served_depth=served[k].depth if k in served else 0,
-                sequences=[r.perm for r in view.rows if r.shard == k],
-                depths=[r.depth for r in view.rows if r.shard == k],
-                live={s: view.slices.get((k, s), (0, 0))[0] for s in range(slices)},
-            )
-            for k in shards
-        ]
+        needs = self._needs(registry, shards)
         order = restore_order([n for n in needs if sum(n.live.values())])
         if not order:
             return outcomes
@@ -311,17 +301,43 @@ class Trainer:
             self.local.superseded = None
         return outcomes
 
+    def _needs(self, registry: Registry, shards: Sequence[int]) -> list[ShardNeed]:
+        """What :func:`restore_order` reads of these shards, from one read of the registry."""
+        view = registry.status_view()
+        served = serving_choice(view.rows, None, view.untrained, view.unusable)
+        slices = self.config.layout.slices
+        return [
+            ShardNeed(
+                shard=k,
+                served_depth=served[k].depth if k in served else 0,
+                sequences=[r.perm for r in view.rows if r.shard == k],
+                depths=[r.depth for r in view.rows if r.shard == k],
+                live={s: view.slices.get((k, s), (0, 0))[0] for s in range(slices)},
+            )
+            for k in shards
+        ]
+
     def _plan(
-        self, registry: Registry, targets: Sequence[int], only: StageKey | None = None
+        self,
+        registry: Registry,
+        targets: Sequence[int],
+        only: StageKey | None = None,
+        restoring: bool = False,
     ) -> list[ShardWork]:
         """Each target shard's missing stages (or just stage ``only``) with their samples
         as of now, read from one snapshot (``registry`` is a copy: the samples a stage is
-        planned on and their stored content must agree)."""
+        planned on and their stored content must agree). A shard's stages come in
+        :func:`order_stages` order, or with ``restoring`` in :func:`restore_order` (a dead
+        shard's quickest stage 1 first)."""
         work: list[ShardWork] = []
         examples = None
+        needs = {n.shard: n for n in self._needs(registry, targets)} if restoring else {}
         for shard in targets:
             rows = registry.sequences(shard)
-            keys = order_stages(shard, [r.perm for r in rows], [r.depth for r in rows])
+            if restoring:
+                keys = restore_order([needs[shard]])
+            else:
+                keys = order_stages(shard, [r.perm for r in rows], [r.depth for r in rows])
             if only is not None:
                 keys = [only] if only.shard == shard else []
             if not keys:
