@@ -47,6 +47,20 @@ ROOMS = {
     "store": {"store", "config"},
     "training": {"training", "store", "config"},
     "serving": {"serving", "store", "config"},
+    # a scaled-out system: the authority is a system in one process (the facade) that
+    # publishes; a replica serves what it publishes with the serving room's server
+    "scaleout": {
+        "scaleout",
+        "api",
+        "serving",
+        "training",
+        "store",
+        "config",
+        "access",
+        "forget",
+        "reports",
+        "verify",
+    },
 }
 #: the faces reach the system only through the facade and its typed results
 FACADE = {
@@ -62,6 +76,9 @@ FACADE = {
     "s3t.system.serving.scoring",
     "s3t.system.serving.membership",
     "s3t.system.serving.server",
+    # the scaled-out system's two faces of the facade: its deletion authority, a replica
+    "s3t.system.scaleout.authority",
+    "s3t.system.scaleout.replica",
 }
 NO_TORCH = [
     "core/*.py",

@@ -15,6 +15,7 @@ prediction replicas (on this machine's two CPUs, a tiny model) behind Ray Serve'
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
@@ -28,9 +29,9 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="serving on Ray needs the ray extra")
 
-from s3t.service.settings import ServiceSettings  # noqa: E402
-from s3t.system.api import S3T  # noqa: E402
-from s3t.system.training.background import RetrainPolicy  # noqa: E402
+from s3t.service.settings import ServiceSettings
+from s3t.system.api import S3T
+from s3t.system.training.background import RetrainPolicy
 
 pytestmark = pytest.mark.slow
 LEASE = 2.0
@@ -166,10 +167,8 @@ def test_a_replica_that_dies_is_replaced_and_serves_the_current_epoch(
     url, handle, _ = cluster
     http = httpx.Client(base_url=url, timeout=60)
     before = {r["replica"] for r in http.get("/v1/status").json()["replicas"]}
-    try:
+    with contextlib.suppress(Exception):  # the replica ends before it can answer
         handle.crash.remote().result()
-    except Exception:  # the replica ended before it could answer
-        pass
     victim = next(s["id"] for s in http.get("/v1/samples").json() if s["shard"] == 0)
     http.post("/v1/forget", json={"ids": [victim]}).raise_for_status()  # a newer epoch
     deadline = time.monotonic() + 120

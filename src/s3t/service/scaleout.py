@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib
 import logging
 import os
 import signal
@@ -42,9 +43,8 @@ _REPLICA: dict[str, Any] = {}
 
 
 def _shared() -> dict[str, Any]:
-    import s3t.service.scaleout as module
-
-    return module._REPLICA
+    registry: dict[str, Any] = importlib.import_module("s3t.service.scaleout")._REPLICA
+    return registry
 
 
 class _ReplicaApp:
